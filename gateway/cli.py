@@ -1,0 +1,93 @@
+"""The ``gateway`` command: serve, check, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.config.loader import Overrides, Settings, load_settings
+from gateway.config.model import CONFIG, POLICY
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG = "gateway.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Egress API gateway for third-party SaaS APIs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    _config_flags(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on")
+    serve.add_argument("--storage", metavar="URL", help="memory, redis://... or rediss://...")
+    serve.add_argument("--workers", type=int, metavar="N", help="processes sharing the port")
+
+    check = commands.add_parser("check", help="validate the config and every policy")
+    _config_flags(check)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of a policy file")
+    schema.add_argument("--config", action="store_true", help="print the schema of gateway.yaml instead")
+
+    args = parser.parse_args(argv)
+    if args.command == "schema":
+        return _schema(args.config)
+    settings = _load(args)
+    if settings is None:
+        return 1
+    if args.command == "check":
+        print(f"ok: {len(settings.policies)} vendor polic{'y' if len(settings.policies) == 1 else 'ies'}: "
+              + ", ".join(sorted(settings.policies)))
+        return 0
+    return _serve(settings)
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
+    parser.add_argument("--policies", metavar="DIR", help="folder of vendor policy files")
+
+
+def _load(args: argparse.Namespace) -> Settings | None:
+    config_file = args.config
+    if config_file is None and os.path.isfile(DEFAULT_CONFIG):
+        config_file = DEFAULT_CONFIG
+    overrides = Overrides(
+        policies=args.policies,
+        listen=getattr(args, "listen", None),
+        storage=getattr(args, "storage", None),
+        workers=getattr(args, "workers", None),
+    )
+    try:
+        return load_settings(config_file, os.environ, overrides)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _serve(settings: Settings) -> int:
+    from gateway import process
+
+    process.configure_logging()
+    refusal = process.anonymous_exposure(settings)
+    if refusal:
+        print(f"gateway: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        return process.serve(settings)
+    except OSError as exc:
+        print(f"gateway: cannot listen on {settings.config.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _schema(of_config: bool) -> int:
+    spec = CONFIG if of_config else POLICY
+    document = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "gateway configuration" if of_config else "gateway vendor policy",
+        **spec.schema(),
+    }
+    print(json.dumps(document, indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""Configuration: the typed model, its strict loader and its JSON Schema."""

@@ -1,0 +1,138 @@
+"""Loads the gateway file and the policy folder into one validated :class:`Settings`.
+
+Every problem in every file is collected and raised together as one ConfigError, each
+naming file, line and field. The environment is passed in, never read from globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.config.model import CONFIG, POLICY, Config, Policy
+from gateway.config.spec import INVALID, Context, Spec
+from gateway.config.yamlread import LineDict, YamlProblem, read_yaml
+from gateway.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One consistent snapshot: the config and the policies it names, by vendor."""
+
+    config: Config
+    policies: Mapping[str, Policy]
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line flags, which win over the config file."""
+
+    policies: str | None = None
+    listen: str | None = None
+    storage: str | None = None
+    workers: int | None = None
+
+
+def load_settings(
+    config_file: str | None,
+    environ: Mapping[str, str],
+    overrides: Overrides = Overrides(),
+) -> Settings:
+    problems: list[Problem] = []
+    raw = _read(Path(config_file), problems) if config_file is not None else LineDict()
+    base = Path(config_file).parent if config_file else Path.cwd()
+    if overrides.policies:
+        folder, origin = Path(overrides.policies), Problem("--policies", 1, "policies", "")
+    else:
+        configured = raw.get("policies") if isinstance(raw, LineDict) else None
+        folder = base / (configured if isinstance(configured, str) else "./policies")
+        line = raw.lines.get("policies", 1) if isinstance(raw, LineDict) else 1
+        origin = Problem(config_file or "(defaults)", line, "policies", "")
+    policies = _load_policies(folder, origin, environ, problems)
+    config = None
+    if raw is not None:
+        config = _load_config(raw, config_file, base, environ, overrides, folder, frozenset(policies), problems)
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return Settings(config=config, policies=policies)
+
+
+def _load_config(
+    raw: Any,
+    config_file: str | None,
+    base: Path,
+    environ: Mapping[str, str],
+    overrides: Overrides,
+    folder: Path,
+    vendors: frozenset[str],
+    problems: list[Problem],
+) -> Config | None:
+    flags = {"listen": overrides.listen, "storage": overrides.storage,
+             "workers": overrides.workers}
+    if isinstance(raw, LineDict):
+        for key, value in flags.items():
+            if value is not None:
+                raw[key] = value
+    ctx = Context(file=config_file or "(flags)", environ=environ, base_dir=base, vendors=vendors)
+    config = _build(CONFIG, raw, ctx, problems)
+    if config is INVALID:
+        return None
+    return replace(config, source=config_file or "", policies=str(folder))
+
+
+def _load_policies(
+    folder: Path, origin: Problem, environ: Mapping[str, str], problems: list[Problem]
+) -> dict[str, Policy]:
+    """Every policy in ``folder``; ``origin`` says where the folder was named, for problems."""
+    if not folder.is_dir():
+        problems.append(replace(origin, message=f"{folder}: no such directory"))
+        return {}
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not files:
+        problems.append(replace(origin, message=f"{folder}: no policy files (*.yaml, *.yml)"))
+    policies: dict[str, Policy] = {}
+    for path in files:
+        raw = _read(path, problems)
+        if raw is None:
+            continue
+        policy = _build(POLICY, raw, Context(file=str(path), environ=environ, base_dir=path.parent), problems)
+        if policy is INVALID:
+            continue
+        if policy.vendor in policies:
+            line = raw.lines.get("vendor", 1)
+            problems.append(
+                Problem(str(path), line, "vendor", f"{policy.vendor!r} is also defined in {policies[policy.vendor].source}")
+            )
+            continue
+        policies[policy.vendor] = replace(policy, source=str(path))
+    return policies
+
+
+def _read(path: Path, problems: list[Problem]) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        problems.append(Problem(str(path), 0, "(file)", f"cannot read: {reason}"))
+        return None
+    try:
+        value, duplicates = read_yaml(text)
+    except YamlProblem as exc:
+        problems.append(Problem(str(path), exc.line, "(yaml)", exc.message))
+        return None
+    for line, key in duplicates:
+        problems.append(Problem(str(path), line, key, "duplicate key"))
+    if duplicates:
+        return None
+    if value is None:
+        value = LineDict()
+    return value
+
+
+def _build(spec: Spec, raw: Any, ctx: Context, problems: list[Problem]) -> Any:
+    result = spec.build(raw, ctx, "", getattr(raw, "line", 1))
+    problems.extend(ctx.problems)
+    return result

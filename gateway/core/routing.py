@@ -1,0 +1,99 @@
+"""Which vendor a request target names, whether its path is safe to forward, and the
+globs that policies use to match paths.
+
+The gateway must never become an open proxy: the upstream URL is built only from the
+policy's origin and base path plus a path that has been checked here, in raw form and
+after percent-decoding (repeatedly, since some servers decode twice).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+VENDOR_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+RESERVED_VENDORS = frozenset({"metrics", "healthz", "readyz"})
+
+_MAX_DECODES = 3
+
+
+class UnsafeTarget(ValueError):
+    """The request target cannot be forwarded; the message says why (safe to show)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    vendor: str
+    path: str  # raw (still percent-encoded) path after the vendor prefix, "" or "/..."
+    query: str | None  # raw query string without "?", None when the target had no "?"
+
+
+def parse_target(raw_target: str) -> Target | None:
+    """Split ``/{vendor}{path}?{query}``; None when the first segment is no vendor name.
+
+    Raises UnsafeTarget for targets that must be refused outright.
+    """
+    if not raw_target.startswith("/"):
+        raise UnsafeTarget("absolute-form and authority-form request targets are not accepted")
+    path, sep, query = raw_target.partition("?")
+    vendor, slash, rest = path[1:].partition("/")
+    check_path(slash + rest)
+    if not VENDOR_NAME.fullmatch(vendor):
+        return None
+    return Target(vendor=vendor, path=slash + rest, query=query if sep else None)
+
+
+def check_path(raw_path: str) -> None:
+    """Refuse traversal, empty segments, a raw '@', backslashes and control characters."""
+    if any(ord(c) > 0x7E for c in raw_path):
+        raise UnsafeTarget("path must be ASCII (percent-encode other characters)")
+    if "#" in raw_path:
+        raise UnsafeTarget("path must not contain a fragment")
+    if "@" in raw_path:
+        # Only the raw form: an e-mail address in a lookup path travels as %40.
+        raise UnsafeTarget("path must not contain '@' (percent-encode it as %40)")
+    text = raw_path
+    for _ in range(_MAX_DECODES + 1):
+        _check_form(text)
+        decoded = unquote_to_bytes(text).decode("latin-1")
+        if decoded == text:
+            return
+        text = decoded
+    raise UnsafeTarget("path is percent-encoded too many times")
+
+
+def _check_form(text: str) -> None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise UnsafeTarget("path must not contain control characters")
+    if "\\" in text:
+        raise UnsafeTarget("path must not contain backslashes")
+    if "//" in text:
+        raise UnsafeTarget("path must not contain empty segments ('//')")
+    if any(segment == ".." for segment in text.split("/")):
+        raise UnsafeTarget("path must not contain '..' segments")
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A path glob: ``*`` matches within one segment, a ``**`` segment any number of them.
+
+    ``/enrich/**`` matches ``/enrich`` and everything below it.
+    """
+    parts = pattern.split("/")[1:]
+    regex = ""
+    for part in parts:
+        if part == "**":
+            regex += "(?:/.*)?"
+        else:
+            regex += "/" + "[^/]*".join(re.escape(piece) for piece in part.split("*"))
+    return re.compile(regex or "/?")
+
+
+def upstream_url(origin: str, base_path: str, target: Target) -> str:
+    """The URL to send to: built only from the policy's origin and base path."""
+    path = base_path.rstrip("/") + target.path
+    if not path:
+        path = "/"
+    if target.query is None:
+        return origin + path
+    return f"{origin}{path}?{target.query}"

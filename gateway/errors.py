@@ -1,0 +1,157 @@
+"""Every error the gateway makes, in one place.
+
+The hierarchy::
+
+    GatewayError                      an answer the gateway gives instead of the vendor's
+    ├── BadRequest                    400 bad-request: malformed path, absolute-form target
+    ├── Unauthenticated               401 unauthenticated: caller key missing or wrong
+    ├── Forbidden                     403 forbidden: caller may not use this vendor
+    ├── UnknownVendor                 404 unknown-vendor: no policy for the prefix
+    ├── PayloadTooLarge               413 payload-too-large: body over max_body
+    ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
+    ├── UpstreamUnavailable           502 upstream-unavailable: connection failed
+    ├── ServiceUnavailable            503 (base of the two below, and storage rejection)
+    │   ├── CircuitOpen               503 circuit-open
+    │   └── CredentialsUnavailable    503 credentials-unavailable
+    └── UpstreamTimeout               504 upstream-timeout
+
+    ConfigError                       invalid configuration; carries every Problem found
+    StorageError                      a storage backend failed; the pipeline picks the fallback
+
+Each GatewayError knows its status and problem type and renders itself as an RFC 9457
+``application/problem+json`` body, so no handler builds an error body by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal gateway error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        vendor: str | None = None,
+        retry_after: float | None = None,
+        budget: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.vendor = vendor
+        self.retry_after = retry_after
+        self.budget = budget
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "vendor": self.vendor,
+        }
+        if self.budget is not None:
+            body["budget"] = self.budget
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after_seconds()
+        return body
+
+    def retry_after_seconds(self) -> int | None:
+        """Whole seconds for the Retry-After header, rounded up so a caller never comes back early."""
+        if self.retry_after is None:
+            return None
+        return max(0, math.ceil(self.retry_after))
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "bad-request"
+    title = "Bad request"
+
+
+class Unauthenticated(GatewayError):
+    status = 401
+    type = "unauthenticated"
+    title = "Caller key missing or wrong"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "forbidden"
+    title = "Caller may not use this vendor"
+
+
+class UnknownVendor(GatewayError):
+    status = 404
+    type = "unknown-vendor"
+    title = "No policy for this vendor"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "payload-too-large"
+    title = "Request body too large"
+
+
+class BudgetExhausted(GatewayError):
+    status = 429
+    type = "budget-exhausted"
+    title = "Vendor budget exhausted"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    type = "upstream-unavailable"
+    title = "Vendor unreachable"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "service-unavailable"
+    title = "Service unavailable"
+
+
+class CircuitOpen(ServiceUnavailable):
+    type = "circuit-open"
+    title = "Vendor circuit open"
+
+
+class CredentialsUnavailable(ServiceUnavailable):
+    type = "credentials-unavailable"
+    title = "No valid credential for the vendor"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream-timeout"
+    title = "Vendor timed out"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem, printed as ``FILE:LINE: FIELD: message``."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = list(problems)
+
+
+class StorageError(Exception):
+    """A storage backend failed (connection, timeout, protocol)."""

@@ -1,0 +1,66 @@
+"""The gateway's Prometheus metrics.
+
+Each app owns a registry (so tests can run several apps in one process). With
+``workers`` > 1 the processes write their values to files in PROMETHEUS_MULTIPROC_DIR
+(set by the supervisor before prometheus_client is imported) and every process's
+``/metrics`` reads them all, so any worker reports the sum over all.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The *_created series double every counter's output and no dashboard of ours reads them.
+disable_created_metrics()
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests answered by the gateway",
+            ["vendor", "method", "status", "caller"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from a request's arrival to the start of its answer",
+            ["vendor"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "gateway_upstream_requests_total",
+            "Upstream attempts by outcome (status code, timeout, connect)",
+            ["vendor", "method", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time an upstream attempt took until its response headers",
+            ["vendor"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "gateway_retries_total",
+            "Upstream attempts repeated, by the reason of the failed one",
+            ["vendor", "reason"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=directory)
+            return bytes(generate_latest(merged))
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,167 @@
+"""Running the gateway: the listening socket, N worker processes, signals and drain.
+
+With ``workers: 1`` the one process serves. With more, a supervisor binds the socket,
+forks the workers (which share it), restarts a worker that dies, and on SIGTERM passes
+the signal on and exits 0 once every worker has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+from gateway.config.loader import Settings
+
+log = logging.getLogger("gateway")
+
+RESTART_PAUSE = 1.0
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs id=%{X-Request-Id}o'
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def anonymous_exposure(settings: Settings) -> str | None:
+    """Why serving as configured would open the vendors to anyone, or None."""
+    config = settings.config
+    host, port = config.address
+    if config.callers or config.allow_anonymous or is_loopback(host):
+        return None
+    return (
+        f"refusing to listen on {host}:{port} without callers: anyone who can reach it could use "
+        "your vendor credentials. Configure callers with keys, listen on 127.0.0.1, or set "
+        "allow_anonymous: true if a network boundary protects the gateway."
+    )
+
+
+def bind(settings: Settings) -> socket.socket:
+    host, port = settings.config.address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+def serve(settings: Settings) -> int:
+    sock = bind(settings)
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "gateway listening on %s:%d with %d vendor(s), storage %s, %d worker(s)",
+        host, port, len(settings.policies), settings.config.storage.split("@")[-1], settings.config.workers,
+    )
+    if settings.config.workers == 1:
+        return _run_worker(settings, sock)
+    return _supervise(settings, sock)
+
+
+def _run_worker(settings: Settings, sock: socket.socket) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve_until_signal(settings, sock))
+    return 0
+
+
+async def _serve_until_signal(settings: Settings, sock: socket.socket) -> None:
+    # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
+    # before prometheus_client is first imported.
+    from aiohttp import web
+
+    from gateway.server import DRAINING, build_app
+
+    app = build_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.config.drain,
+        access_log_format=ACCESS_LOG_FORMAT,
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("draining: no new connections, up to %gs for requests in flight", settings.config.drain)
+    app[DRAINING].append(True)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _supervise(settings: Settings, sock: socket.socket) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from prometheus_client import multiprocess
+
+    workers: dict[int, int] = {}
+    stopping = False
+
+    def start(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = _run_worker(settings, sock)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        workers[pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        for index in range(settings.config.workers):
+            start(index)
+        while workers:
+            pid, status = os.wait()
+            index = workers.pop(pid, None)
+            if index is None:
+                continue
+            multiprocess.mark_process_dead(pid, metrics_dir)
+            if not stopping:
+                log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
+                time.sleep(RESTART_PAUSE)  # a worker that cannot start must not spin the CPU
+                start(index)
+    finally:
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )

@@ -1,0 +1,89 @@
+"""The aiohttp application: the gateway's own endpoints and the proxy route.
+
+Typed app state lives under AppKeys; the upstream sessions and the storage client are
+opened and closed in ``cleanup_ctx``, once per process.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from gateway.config.loader import Settings
+from gateway.errors import BadRequest, StorageError
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, problem_response
+from gateway.storage import Storage, open_storage
+from gateway.upstream import UpstreamClients
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+STORAGE = web.AppKey("storage", Storage)  # type: ignore[type-abstract]
+PIPELINE = web.AppKey("pipeline", Pipeline)
+DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[_origin_form_only], client_max_size=settings.config.max_body)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[DRAINING] = []
+    app.cleanup_ctx.append(_resources)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    clients = UpstreamClients(settings.policies)
+    app[STORAGE] = open_storage(settings.config.storage, cluster=settings.config.redis_cluster)
+    app[PIPELINE] = Pipeline(settings, clients, app[METRICS])
+    yield
+    await clients.close()
+    await app[STORAGE].close()
+
+
+@web.middleware
+async def _origin_form_only(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    # An absolute-form target (GET http://elsewhere/ HTTP/1.1) asks for a forward proxy.
+    if not request.raw_path.startswith("/"):
+        err = BadRequest("absolute-form and authority-form request targets are not accepted")
+        return problem_response(err, uuid.uuid4().hex)
+    return await handler(request)
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    return await request.app[PIPELINE].handle(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    storage = request.app[STORAGE]
+    body: dict[str, object] = {"policies": len(request.app[SETTINGS].policies), "storage": storage.name}
+    if request.app[DRAINING]:
+        return _json({**body, "status": "draining"}, 503)
+    try:
+        await storage.ping()
+    except StorageError as exc:
+        return _json({**body, "status": "unready", "detail": str(exc)}, 503)
+    return _json({**body, "status": "ready"}, 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+def _json(body: dict[str, object], status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
