@@ -52,11 +52,10 @@ async def read_body(request: web.Request, max_body: int) -> RequestBody:
     if not request.body_exists:
         return RequestBody(None)
     head = bytearray()
-    while len(head) <= REPLAY_LIMIT:
-        chunk = await request.content.readany()
-        if not chunk:
-            return RequestBody(bytes(head))
+    while chunk := await request.content.readany():
         head += chunk
         if len(head) > max_body:
             raise PayloadTooLarge(f"the request body is over the limit of {max_body} bytes")
-    return RequestBody(bytes(head), stream_from=request, max_body=max_body)
+        if len(head) > REPLAY_LIMIT:
+            return RequestBody(bytes(head), stream_from=request, max_body=max_body)
+    return RequestBody(bytes(head))

@@ -202,6 +202,10 @@ class Pipeline:
             async for chunk in upstream.content.iter_chunked(_CHUNK):
                 await out.write(chunk)
             await out.write_eof()
+        except ConnectionResetError:
+            # Before ClientError: aiohttp's ClientConnectionResetError, raised when the
+            # caller is gone, is both.
+            log.info("%s: caller went away mid-answer", ex.vendor, extra={"request_id": ex.request_id})
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # Headers are gone already: all we can do is cut the caller's connection so a
             # truncated body is seen as one (missing bytes or missing last chunk).
@@ -210,8 +214,6 @@ class Pipeline:
             )
             if request.transport is not None:
                 request.transport.close()
-        except ConnectionResetError:
-            log.info("%s: caller went away mid-answer", ex.vendor, extra={"request_id": ex.request_id})
         finally:
             upstream.close()
         return out

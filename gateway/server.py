@@ -35,7 +35,8 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_route("*", "/{tail:.*}", proxy)
+    # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", proxy)
     return app
 
 

@@ -55,7 +55,7 @@ def load_settings(
     if raw is not None:
         config = _load_config(raw, config_file, base, environ, overrides, folder, frozenset(policies), problems)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: (p.file, p.line)))
     assert config is not None
     return Settings(config=config, policies=policies)
 

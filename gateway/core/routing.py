@@ -37,8 +37,8 @@ def parse_target(raw_target: str) -> Target | None:
     if not raw_target.startswith("/"):
         raise UnsafeTarget("absolute-form and authority-form request targets are not accepted")
     path, sep, query = raw_target.partition("?")
+    check_path(path)
     vendor, slash, rest = path[1:].partition("/")
-    check_path(slash + rest)
     if not VENDOR_NAME.fullmatch(vendor):
         return None
     return Target(vendor=vendor, path=slash + rest, query=query if sep else None)

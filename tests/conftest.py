@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.config.loader import Overrides, Settings, load_settings
+from gateway.server import build_app
+from tests.mock_vendor import MockVendor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def write_setup(
+    folder: Path, policies: list[dict[str, Any]], config: dict[str, Any] | None = None
+) -> tuple[Path | None, Path]:
+    """Policy files (and a gateway.yaml when ``config`` is given) in ``folder``."""
+    policy_dir = folder / "policies"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    for policy in policies:
+        (policy_dir / f"{policy['vendor']}.yaml").write_text(yaml.safe_dump(policy))
+    config_file = None
+    if config is not None:
+        config_file = folder / "gateway.yaml"
+        config_file.write_text(yaml.safe_dump({"policies": str(policy_dir), **config}))
+    return config_file, policy_dir
+
+
+@pytest.fixture
+async def vendor(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> MockVendor:
+    mock = MockVendor()
+    server = await aiohttp_server(mock.app())
+    mock.url = f"http://127.0.0.1:{server.port}"  # type: ignore[attr-defined]
+    return mock
+
+
+GatewayFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient]]
+) -> GatewayFactory:
+    """Start an in-process gateway (a real aiohttp server) for the given policies."""
+
+    async def start(
+        *policies: dict[str, Any], config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> TestClient:
+        config_file, policy_dir = write_setup(tmp_path, list(policies), config or {})
+        settings = load_settings(str(config_file), env or {}, Overrides())
+        return await aiohttp_client(build_app(settings))
+
+    return start
+
+
+@pytest.fixture
+def settings_from(tmp_path: Path) -> Callable[..., Settings]:
+    def load(*policies: dict[str, Any], config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
+        config_file, _ = write_setup(tmp_path, list(policies), config or {})
+        return load_settings(str(config_file), env or {}, Overrides())
+
+    return load
+
+
+class RedisServer:
+    """A real redis-server on a free port, which a test may stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+class GatewayProcess:
+    """``python -m gateway serve`` as a real process, for signals, workers and the CLI."""
+
+    def __init__(self, config_file: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.config_file = config_file
+        self.env = env
+        self.process: subprocess.Popen[str] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, *flags: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_file),
+             "--listen", f"127.0.0.1:{self.port}", *flags],
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> tuple[int, str]:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.terminate()
+        output, _ = self.process.communicate(timeout=30)
+        return self.process.returncode, output
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def make(*policies: dict[str, Any], config: dict[str, Any] | None = None,
+             env: dict[str, str] | None = None, flags: tuple[str, ...] = ()) -> GatewayProcess:
+        folder = Path(tempfile.mkdtemp(dir=tmp_path))
+        config_file, _ = write_setup(folder, list(policies), config or {})
+        assert config_file is not None
+        proc = GatewayProcess(config_file, env or {})
+        proc.start(*flags)
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        if proc.process is not None and proc.process.poll() is None:
+            proc.process.kill()
+            proc.process.wait()
+
+
+@pytest.fixture
+async def vendor_app_server() -> AsyncIterator[Callable[[web.Application, str], Awaitable[TestServer]]]:
+    """Servers on chosen loopback addresses (127.0.0.2, ...) for SSRF tests."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application, host: str) -> TestServer:
+        server = TestServer(app, host=host, port=free_port(host))
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()

@@ -1,0 +1,73 @@
+import pytest
+
+from gateway.core.routing import Target, UnsafeTarget, compile_glob, parse_target, upstream_url
+
+
+def test_vendor_path_and_query_are_split_without_decoding():
+    assert parse_target("/hubspot/crm/v3/a%20b?x=1%2C2&&y") == Target("hubspot", "/crm/v3/a%20b", "x=1%2C2&&y")
+
+
+def test_a_bare_question_mark_is_kept_as_an_empty_query():
+    assert parse_target("/hubspot/x?").query == ""
+    assert parse_target("/hubspot/x").query is None
+
+
+def test_first_segment_that_is_no_vendor_name_is_not_routed():
+    assert parse_target("/_gateway/status") is None
+    assert parse_target("/HubSpot/x") is None
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v/../admin",
+        "/v/a/..",
+        "/v/%2e%2e/admin",
+        "/v/%2E%2e/admin",
+        "/v/.%2e/admin",
+        "/v/%252e%252e/admin",
+        "/v/a%2f..%2fb",
+        "/v//evil.example",
+        "/v/%2F%2Fevil.example",
+        "/v/@evil.example",
+        "/v/a\\b",
+        "/v/a%5cb",
+        "/v/a%00b",
+        "/v/a%0d%0aHost:%20evil",
+        "/v/a%7fb",
+        "/v/caf\u00e9",
+        "http://evil.example/v/x",
+        "evil.example:443",
+        "*",
+    ],
+)
+def test_unsafe_targets_are_refused(target):
+    with pytest.raises(UnsafeTarget):
+        parse_target(target)
+
+
+def test_an_encoded_at_sign_passes_for_email_lookups():
+    assert parse_target("/v/contacts/a%40b.com").path == "/contacts/a%40b.com"
+
+
+def test_upstream_url_uses_only_the_policy_origin_and_base_path():
+    target = Target("v", "/x/y", "q=%20")
+    assert upstream_url("https://api.example.com", "/base", target) == "https://api.example.com/base/x/y?q=%20"
+    assert upstream_url("https://api.example.com", "", Target("v", "", None)) == "https://api.example.com/"
+
+
+@pytest.mark.parametrize(
+    "glob, path, fits",
+    [
+        ("/crm/v3/objects/*/search", "/crm/v3/objects/contacts/search", True),
+        ("/crm/v3/objects/*/search", "/crm/v3/objects/a/b/search", False),
+        ("/enrich/**", "/enrich", True),
+        ("/enrich/**", "/enrich/a/b/c", True),
+        ("/enrich/**", "/enrichment", False),
+        ("/a/*.json", "/a/x.json", True),
+        ("/a/*.json", "/a/x.xml", False),
+        ("/**", "/anything/at/all", True),
+    ],
+)
+def test_globs_match_segments(glob, path, fits):
+    assert (compile_glob(glob).fullmatch(path) is not None) is fits

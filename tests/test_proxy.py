@@ -1,0 +1,219 @@
+"""The proxy behaves like calling the vendor directly: methods, paths, queries, bodies,
+headers and answers pass through; only the gateway's own rules change anything."""
+
+import asyncio
+import gzip
+import io
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.mock_vendor import answer, hang, reset
+
+
+def policy(vendor, **extra):
+    return {"vendor": "v", "upstream": vendor.url, **extra}
+
+
+async def raw_request(client, request: bytes) -> bytes:
+    """Send bytes as they are (no client-side normalisation) and read the whole answer."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+async def test_method_path_query_and_body_reach_the_vendor_unchanged(gateway, vendor):
+    client = await gateway(policy(vendor))
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        response = await client.request(method, "/v/crm/v3/objects?b=2&a=1", data=b'{"x": 1}' if method != "GET" else None)
+        assert response.status == 200
+        assert (vendor.last.method, vendor.last.raw_path) == (method, "/crm/v3/objects?b=2&a=1")
+    assert vendor.last.body == b'{"x": 1}'
+
+
+async def test_the_query_string_is_forwarded_byte_for_byte(gateway, vendor):
+    client = await gateway(policy(vendor))
+    query = "q=a%20b+c&empty=&dup=1&dup=2&enc=%2F%3F%26&plain=caf%C3%A9&flag"
+    await raw_request(client, f"GET /v/search?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert vendor.last.raw_path == f"/search?{query}"
+
+
+async def test_the_upstream_base_path_prefixes_the_request_path(gateway, vendor):
+    client = await gateway({"vendor": "v", "upstream": vendor.url + "/api/v2/"})
+    await client.get("/v/items/7")
+    assert vendor.last.raw_path == "/api/v2/items/7"
+    await client.get("/v")
+    assert vendor.last.raw_path == "/api/v2"
+
+
+async def test_headers_pass_both_ways_except_hop_by_hop_and_host(gateway, vendor):
+    async def respond(request):
+        return web.Response(
+            text="ok",
+            headers={"X-Vendor": "1", "Connection": "X-Vendor-Hop", "X-Vendor-Hop": "secret", "Keep-Alive": "timeout=5",
+                     "Set-Cookie": "a=b"},
+        )
+
+    vendor.script(respond)
+    client = await gateway(policy(vendor))
+    response = await client.get(
+        "/v/x",
+        headers={"X-Custom": "kept", "Accept": "application/json", "Connection": "keep-alive, X-Drop-Me",
+                 "X-Drop-Me": "1", "TE": "trailers", "Proxy-Authorization": "Basic eA==", "Host": "evil.example",
+                 "X-Request-Id": "trace-42"},
+    )
+    seen = vendor.last
+    assert seen.header("X-Custom") == "kept" and seen.header("Accept") == "application/json"
+    for name in ("X-Drop-Me", "TE", "Proxy-Authorization"):
+        assert seen.header(name) is None, name
+    assert seen.header("Host") == vendor.url.removeprefix("http://")
+    assert seen.header("X-Request-Id") == "trace-42"
+    assert response.headers["X-Vendor"] == "1" and response.headers["Set-Cookie"] == "a=b"
+    assert "X-Vendor-Hop" not in response.headers and "Keep-Alive" not in response.headers
+    assert response.headers["X-Request-Id"] == "trace-42"
+    assert response.headers["X-Gateway-Attempts"] == "1"
+
+
+async def test_the_gateway_adds_no_headers_of_its_own_but_the_request_id(gateway, vendor):
+    client = await gateway(policy(vendor))
+    await raw_request(client, b"GET /v/x HTTP/1.1\r\nHost: x\r\nX-Mine: 1\r\nConnection: close\r\n\r\n")
+    assert sorted(vendor.last.headers) == ["host", "x-mine", "x-request-id"]
+
+
+async def test_a_request_id_is_made_when_the_caller_sends_none(gateway, vendor):
+    client = await gateway(policy(vendor))
+    response = await client.get("/v/x")
+    made = response.headers["X-Request-Id"]
+    assert len(made) == 32 and vendor.last.header("X-Request-Id") == made
+
+
+async def test_compressed_answers_pass_through_untouched(gateway, vendor):
+    packed = gzip.compress(b"hello " * 1000)
+    vendor.script(answer(200, packed, {"Content-Encoding": "gzip", "Content-Type": "text/plain"}))
+    client = await gateway(policy(vendor))
+    response = await client.get("/v/x", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert await response.read() == packed
+    assert vendor.last.header("Accept-Encoding") == "gzip"
+
+
+async def test_redirects_go_back_to_the_caller_unfollowed(gateway, vendor):
+    vendor.script(answer(302, b"", {"Location": "http://127.0.0.2:1/steal"}))
+    client = await gateway(policy(vendor, credentials={"type": "api_key", "header": "X-Api-Key", "value": "${K}"}),
+                           env={"K": "secret-key"})
+    response = await client.get("/v/x", allow_redirects=False)
+    assert response.status == 302 and response.headers["Location"] == "http://127.0.0.2:1/steal"
+    assert len(vendor.received) == 1
+
+
+async def test_head_and_no_content_answers(gateway, vendor):
+    vendor.script(answer(200, b"", {"Content-Length": "1234"}), answer(204))
+    client = await gateway(policy(vendor))
+    head = await client.head("/v/x")
+    assert head.status == 200 and head.headers["Content-Length"] == "1234"
+    assert (await client.delete("/v/x")).status == 204
+
+
+async def test_vendor_errors_pass_through_unchanged(gateway, vendor):
+    vendor.script(answer(422, b'{"error": "bad email"}', {"Content-Type": "application/json"}))
+    client = await gateway(policy(vendor))
+    response = await client.post("/v/contacts", data=b"{}")
+    assert response.status == 422 and await response.read() == b'{"error": "bad email"}'
+    assert response.headers["Content-Type"] == "application/json"
+
+
+async def test_a_body_over_max_body_gets_413_without_reaching_the_vendor(gateway, vendor):
+    client = await gateway(policy(vendor), config={"max_body": "1KB"})
+    response = await client.post("/v/x", data=b"x" * 2048)
+    assert response.status == 413
+    assert (await response.json())["type"] == "payload-too-large"
+
+    async def chunks():
+        for _ in range(4):
+            yield b"y" * 512
+
+    response = await client.post("/v/x", data=chunks())
+    assert response.status == 413
+    assert vendor.received == []
+
+
+async def test_a_large_upload_streams_to_the_vendor(gateway, vendor):
+    client = await gateway(policy(vendor), config={"max_body": "64MB"})
+    body = bytes(range(256)) * (12 * 4096)  # 12 MiB, past the replay buffer
+
+    async def chunks():
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    response = await client.put("/v/upload", data=chunks())
+    assert response.status == 200
+    assert vendor.last.body == body
+    response = await client.put("/v/upload", data=io.BytesIO(body))
+    assert response.status == 200 and vendor.last.header("Content-Length") == str(len(body))
+
+
+async def test_a_vendor_that_does_not_answer_in_time_gets_504(gateway, vendor):
+    vendor.script(hang)
+    client = await gateway(policy(vendor, timeout="300ms"))
+    response = await client.get("/v/slow")
+    assert response.status == 504
+    problem = await response.json()
+    assert problem["type"] == "upstream-timeout" and problem["vendor"] == "v"
+
+
+async def test_a_refused_connection_gets_502(gateway):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = await gateway({"vendor": "v", "upstream": f"http://127.0.0.1:{port}"})
+    response = await client.get("/v/x")
+    assert response.status == 502
+    assert (await response.json())["type"] == "upstream-unavailable"
+
+
+async def test_a_connection_reset_by_the_vendor_gets_502(gateway, vendor):
+    vendor.script(reset, reset)  # aiohttp resends an idempotent request once on a dropped keep-alive
+    client = await gateway(policy(vendor))
+    assert (await client.get("/v/x")).status == 502
+
+
+async def test_retries_follow_the_policy(gateway, vendor):
+    vendor.script(503, 503, 200)
+    client = await gateway(policy(vendor, retry={"attempts": 3, "on": [503], "backoff": {"initial": "10ms", "jitter": 0}}))
+    response = await client.get("/v/x")
+    assert response.status == 200 and response.headers["X-Gateway-Attempts"] == "3"
+    vendor.script(503, 503, 503)
+    response = await client.post("/v/x", data=b"{}")
+    assert response.status == 503 and response.headers["X-Gateway-Attempts"] == "1"
+
+
+async def test_a_hung_vendor_does_not_take_connections_another_vendor_needs(gateway, vendor, aiohttp_server):
+    slow = await aiohttp_server(_hanging_app())
+    client = await gateway(policy(vendor), {"vendor": "slow", "upstream": f"http://127.0.0.1:{slow.port}", "timeout": "5s"})
+    stuck = [asyncio.create_task(client.get("/slow/x")) for _ in range(120)]
+    await asyncio.sleep(0.3)
+    async with aiohttp.ClientSession() as other_caller:
+        response = await asyncio.wait_for(other_caller.get(f"{client.make_url('/v/x')}"), 2)
+        assert response.status == 200
+    for task in stuck:
+        task.cancel()
+    await asyncio.gather(*stuck, return_exceptions=True)
+
+
+def _hanging_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hang)
+    return app
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND"])
+async def test_methods_that_would_echo_or_tunnel_are_refused(gateway, vendor, method):
+    client = await gateway(policy(vendor))
+    data = await raw_request(client, f"{method} /v/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 4")
+    assert vendor.received == []
