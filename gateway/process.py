@@ -55,18 +55,21 @@ def bind(settings: Settings) -> socket.socket:
 
 
 def serve(settings: Settings) -> int:
-    sock = bind(settings)
+    """Serve until SIGTERM or SIGINT; 0 after a clean drain. Raises OSError if it cannot bind."""
+    if settings.config.workers == 1:
+        return _run_worker(settings, None)
+    return _supervise(settings)
+
+
+def _announce(settings: Settings, sock: socket.socket) -> None:
     host, port = sock.getsockname()[:2]
     log.info(
         "gateway listening on %s:%d with %d vendor(s), storage %s, %d worker(s)",
         host, port, len(settings.policies), settings.config.storage.split("@")[-1], settings.config.workers,
     )
-    if settings.config.workers == 1:
-        return _run_worker(settings, sock)
-    return _supervise(settings, sock)
 
 
-def _run_worker(settings: Settings, sock: socket.socket) -> int:
+def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
     try:
         import uvloop
     except ImportError:
@@ -78,13 +81,20 @@ def _run_worker(settings: Settings, sock: socket.socket) -> int:
     return 0
 
 
-async def _serve_until_signal(settings: Settings, sock: socket.socket) -> None:
+async def _serve_until_signal(settings: Settings, sock: socket.socket | None) -> None:
     # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
     # before prometheus_client is first imported.
     from aiohttp import web
 
     from gateway.server import DRAINING, build_app
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if sock is None:
+        sock = bind(settings)
+        _announce(settings, sock)
     app = build_app(settings)
     runner = web.AppRunner(
         app,
@@ -95,10 +105,6 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket) -> None:
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("draining: no new connections, up to %gs for requests in flight", settings.config.drain)
     app[DRAINING].append(True)
@@ -106,13 +112,26 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket) -> None:
     log.info("stopped")
 
 
-def _supervise(settings: Settings, sock: socket.socket) -> int:
-    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from prometheus_client import multiprocess
-
+def _supervise(settings: Settings) -> int:
     workers: dict[int, int] = {}
     stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    sock = bind(settings)
+    _announce(settings, sock)
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from prometheus_client import multiprocess  # only now: after the variable is set
 
     def start(index: int) -> None:
         pid = os.fork()
@@ -129,20 +148,10 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
                 os._exit(code)
         workers[pid] = index
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in workers:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     try:
         for index in range(settings.config.workers):
-            start(index)
+            if not stopping:
+                start(index)
         while workers:
             pid, status = os.wait()
             index = workers.pop(pid, None)

@@ -151,9 +151,10 @@ class GatewayProcess:
         )
         wait_for_port(self.port)
 
-    def stop(self) -> tuple[int, str]:
+    def stop(self, signalled: bool = False) -> tuple[int, str]:
+        """Exit code and output; sends SIGTERM unless the test already did."""
         assert self.process is not None
-        if self.process.poll() is None:
+        if not signalled and self.process.poll() is None:
             self.process.terminate()
         output, _ = self.process.communicate(timeout=30)
         return self.process.returncode, output
@@ -175,9 +176,10 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     yield make
     for proc in started:
-        if proc.process is not None and proc.process.poll() is None:
-            proc.process.kill()
-            proc.process.wait()
+        if proc.process is not None:
+            if proc.process.poll() is None:
+                proc.process.kill()
+            proc.process.communicate()
 
 
 @pytest.fixture
