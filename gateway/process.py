@@ -154,10 +154,10 @@ def _supervise(settings: Settings) -> int:
                 start(index)
         while workers:
             pid, status = os.wait()
-            index = workers.pop(pid, None)
-            if index is None:
+            if pid not in workers:
                 continue
-            multiprocess.mark_process_dead(pid, metrics_dir)
+            index = workers.pop(pid)
+            multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
             if not stopping:
                 log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
                 time.sleep(RESTART_PAUSE)  # a worker that cannot start must not spin the CPU

@@ -6,28 +6,27 @@ opened and closed in ``cleanup_ctx``, once per process.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
 
 from gateway.config.loader import Settings
-from gateway.errors import BadRequest, StorageError
+from gateway.errors import StorageError
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, problem_response
+from gateway.pipeline import Pipeline
 from gateway.storage import Storage, open_storage
 from gateway.upstream import UpstreamClients
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
-STORAGE = web.AppKey("storage", Storage)  # type: ignore[type-abstract]
+STORAGE = web.AppKey("storage", Storage)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[_origin_form_only], client_max_size=settings.config.max_body)
+    app = web.Application()
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[DRAINING] = []
@@ -48,15 +47,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     yield
     await clients.close()
     await app[STORAGE].close()
-
-
-@web.middleware
-async def _origin_form_only(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    # An absolute-form target (GET http://elsewhere/ HTTP/1.1) asks for a forward proxy.
-    if not request.raw_path.startswith("/"):
-        err = BadRequest("absolute-form and authority-form request targets are not accepted")
-        return problem_response(err, uuid.uuid4().hex)
-    return await handler(request)
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:

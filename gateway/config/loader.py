@@ -78,7 +78,7 @@ def _load_config(
                 raw[key] = value
     ctx = Context(file=config_file or "(flags)", environ=environ, base_dir=base, vendors=vendors)
     config = _build(CONFIG, raw, ctx, problems)
-    if config is INVALID:
+    if not isinstance(config, Config):
         return None
     return replace(config, source=config_file or "", policies=str(folder))
 
