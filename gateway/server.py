@@ -6,15 +6,16 @@ opened and closed in ``cleanup_ctx``, once per process.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
 from gateway.config.loader import Settings
-from gateway.errors import StorageError
+from gateway.errors import BadRequest, StorageError
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, problem_response
 from gateway.storage import Storage, open_storage
 from gateway.upstream import UpstreamClients
 
@@ -26,7 +27,7 @@ DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_origin_form_only])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[DRAINING] = []
@@ -47,6 +48,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     yield
     await clients.close()
     await app[STORAGE].close()
+
+
+@web.middleware
+async def _origin_form_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # An absolute-form (GET http://elsewhere/ HTTP/1.1) or authority-form (CONNECT host:443)
+    # target asks for a forward proxy; the router would not even reach the proxy with CONNECT's.
+    if not request.raw_path.startswith("/"):
+        err = BadRequest("absolute-form and authority-form request targets are not accepted")
+        return problem_response(err, uuid.uuid4().hex)
+    return await handler(request)
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
