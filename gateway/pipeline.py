@@ -197,6 +197,18 @@ class Pipeline:
                 out.headers.add(name, value)
         out.headers["X-Request-Id"] = ex.request_id
         out.headers["X-Gateway-Attempts"] = str(ex.attempts)
+        length = upstream.content_length
+        if length is not None and length <= _CHUNK and request.method != "HEAD" and upstream.status not in (204, 304):
+            # A small answer goes out whole: one write instead of headers, body and end.
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise UpstreamUnavailable(
+                    f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor
+                ) from None
+            finally:
+                upstream.release()
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=out.headers, body=body)
         try:
             await out.prepare(request)
             async for chunk in upstream.content.iter_chunked(_CHUNK):

@@ -18,12 +18,30 @@ import sys
 import tempfile
 import time
 
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
 from gateway.config.loader import Settings
 
 log = logging.getLogger("gateway")
 
 RESTART_PAUSE = 1.0
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs id=%{X-Request-Id}o'
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: peer, request line, status, bytes, seconds, request id.
+
+    Built by hand: aiohttp's format-string logger costs a fifth of a proxied request.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.4fs id=%s',
+            request.remote, request.method, request.raw_path, request.version.major, request.version.minor,
+            response.status, response.body_length, time, response.headers.get("X-Request-Id", "-"),
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -106,8 +124,6 @@ def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
 async def _serve_until_signal(settings: Settings, sock: socket.socket | None) -> None:
     # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
     # before prometheus_client is first imported.
-    from aiohttp import web
-
     from gateway.server import DRAINING, build_app
 
     stop = asyncio.Event()
@@ -122,7 +138,7 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket | None) ->
         app,
         handle_signals=False,
         shutdown_timeout=settings.config.drain,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=AccessLog,
     )
     await runner.setup()
     site = web.SockSite(runner, sock)
