@@ -1,7 +1,8 @@
 """Putting the vendor credential on an upstream request.
 
 A provider adds its credential to the outgoing headers (or query) of one attempt.
-Static credentials (api_key, bearer, basic) are resolved at load time and never change.
+Static credentials (api_key, bearer, basic) are resolved at load time and never change;
+OAuth2 and JWT-bearer tokens come from gateway.tokens.
 """
 
 from __future__ import annotations
@@ -12,21 +13,28 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict
 
-from gateway.config.model import ApiKey, Basic, Bearer, Credentials, JwtBearer, NoCredentials, OAuth2
-from gateway.errors import CredentialsUnavailable
+from gateway.config.model import ApiKey, Basic, Bearer, Credentials, NoCredentials
 
 
 class CredentialProvider(Protocol):
     async def apply(self, headers: CIMultiDict[str], query: str | None) -> str | None:
         """Add the credential to ``headers``; return the query to send."""
 
+    async def rejected(self, headers: CIMultiDict[str]) -> bool:
+        """The vendor answered 401 to ``headers``: True if a fresh credential is in place."""
 
-class NoCredential:
+
+class StaticCredential:
+    """A credential that cannot be renewed: a 401 is the vendor's final word."""
+
     async def apply(self, headers: CIMultiDict[str], query: str | None) -> str | None:
         return query
 
+    async def rejected(self, headers: CIMultiDict[str]) -> bool:
+        return False
 
-class HeaderCredential:
+
+class HeaderCredential(StaticCredential):
     def __init__(self, name: str, value: str) -> None:
         self._name = name
         self._value = value
@@ -36,7 +44,7 @@ class HeaderCredential:
         return query
 
 
-class QueryCredential:
+class QueryCredential(StaticCredential):
     """An API key in the query string: any parameter of that name the caller sent is replaced."""
 
     def __init__(self, name: str, value: str) -> None:
@@ -52,24 +60,11 @@ class QueryCredential:
         return "&".join([*kept, self._pair])
 
 
-class NotYetSupported:
-    """Token-based credentials (issue #4): refused with a clear 503 until implemented."""
-
-    def __init__(self, vendor: str, kind: str) -> None:
-        self._vendor = vendor
-        self._kind = kind
-
-    async def apply(self, headers: CIMultiDict[str], query: str | None) -> str | None:
-        raise CredentialsUnavailable(
-            f"credentials of type {self._kind} are not supported by this gateway version yet",
-            vendor=self._vendor,
-        )
-
-
-def provider_for(vendor: str, credentials: Credentials) -> CredentialProvider:
+def static_provider(credentials: Credentials) -> CredentialProvider | None:
+    """The provider for a static credential; None for token types (see gateway.tokens)."""
     match credentials:
         case NoCredentials():
-            return NoCredential()
+            return StaticCredential()
         case ApiKey(value=value, header=str(header), prefix=prefix):
             return HeaderCredential(header, prefix + value.reveal())
         case ApiKey(value=value, query=str(query)):
@@ -79,6 +74,4 @@ def provider_for(vendor: str, credentials: Credentials) -> CredentialProvider:
         case Basic(username=username, password=password):
             raw = f"{username}:{password.reveal()}".encode()
             return HeaderCredential("Authorization", "Basic " + base64.b64encode(raw).decode("ascii"))
-        case OAuth2() | JwtBearer():
-            return NotYetSupported(vendor, credentials.type)
-    raise TypeError(f"unknown credentials {type(credentials).__name__}")
+    return None

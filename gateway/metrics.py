@@ -57,6 +57,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.credential_refreshes = Counter(
+            "gateway_credential_refreshes_total",
+            "Access token refreshes by result",
+            ["vendor", "result"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         directory = os.environ.get(MULTIPROC_ENV)
         if directory:

@@ -33,7 +33,7 @@ from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.headers import CALLER_ONLY, hop_by_hop, parse_retry_after
 from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
-from gateway.credentials import CredentialProvider, provider_for
+from gateway.credentials import CredentialProvider
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -76,6 +76,7 @@ class Pipeline:
         self,
         settings: Settings,
         clients: UpstreamClients,
+        credentials: Mapping[str, CredentialProvider],
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -85,9 +86,7 @@ class Pipeline:
         self.policies: Mapping[str, Policy] = settings.policies
         self.max_body = settings.config.max_body
         self.callers = CallerDirectory(settings.config.callers)
-        self.credentials: dict[str, CredentialProvider] = {
-            vendor: provider_for(vendor, policy.credentials) for vendor, policy in self.policies.items()
-        }
+        self.credentials = credentials
         self.clients = clients
         self.metrics = metrics
         self.clock = clock
@@ -144,10 +143,12 @@ class Pipeline:
         """Attempt until an answer is final; the answer's body is not read yet."""
         request = ex.request
         idempotency_key = "Idempotency-Key" in request.headers
+        credential = self.credentials[policy.vendor]
+        renewed = False
         while True:
             ex.attempts += 1
             headers = forward_headers(request, ex.request_id, body)
-            query = await self.credentials[policy.vendor].apply(headers, target.query)
+            query = await credential.apply(headers, target.query)
             url = upstream_url(policy.upstream.origin, policy.upstream.base_path, replace(target, query=query))
             started = self.clock()
             response: aiohttp.ClientResponse | None = None
@@ -164,6 +165,13 @@ class Pipeline:
                 reason = f"status {response.status}"
             self.metrics.upstream_requests.labels(policy.vendor, request.method, outcome.label).inc()
             self.metrics.upstream_duration.labels(policy.vendor).observe(self.clock() - started)
+
+            if response is not None and response.status == 401 and not renewed and body.replayable:
+                # A token the vendor no longer takes: refresh once and try once more.
+                renewed = True
+                if await credential.rejected(headers):
+                    response.close()
+                    continue
 
             if not should_retry(
                 policy.retry,

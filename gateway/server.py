@@ -6,17 +6,23 @@ opened and closed in ``cleanup_ctx``, once per process.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from gateway.config.loader import Settings
+from gateway.config.model import JwtBearer, OAuth2
+from gateway.credentials import CredentialProvider, static_provider
 from gateway.errors import BadRequest, StorageError
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, problem_response
+from gateway.sealing import Sealer
 from gateway.storage import Storage, open_storage
+from gateway.tokens import TokenProvider
 from gateway.upstream import UpstreamClients
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -24,6 +30,7 @@ METRICS = web.AppKey("metrics", Metrics)
 STORAGE = web.AppKey("storage", Storage)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived
+TOKENS = web.AppKey("tokens", dict)  # vendor -> TokenProvider
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -35,6 +42,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/_gateway/status", status)
     # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
     app.router.add_route("*", r"/{tail:[\s\S]*}", proxy)
     return app
@@ -42,12 +50,32 @@ def build_app(settings: Settings) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    config = settings.config
     clients = UpstreamClients(settings.policies)
-    app[STORAGE] = open_storage(settings.config.storage, cluster=settings.config.redis_cluster)
-    app[PIPELINE] = Pipeline(settings, clients, app[METRICS])
+    storage = open_storage(config.storage, data_dir=config.relative(config.data_dir), cluster=config.redis_cluster)
+    app[STORAGE] = storage
+    token_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    sealer = Sealer(config.secret_key.reveal() if config.secret_key else None)
+    credentials: dict[str, CredentialProvider] = {}
+    tokens: dict[str, TokenProvider] = {}
+    for vendor, policy in settings.policies.items():
+        spec = policy.credentials
+        static = static_provider(spec)
+        if static is not None:
+            credentials[vendor] = static
+        elif isinstance(spec, OAuth2 | JwtBearer):
+            tokens[vendor] = credentials[vendor] = TokenProvider(
+                vendor, spec, storage, token_session, sealer, app[METRICS]
+            )
+    app[TOKENS] = tokens
+    app[PIPELINE] = Pipeline(settings, clients, credentials, app[METRICS])
+    for provider in tokens.values():
+        provider.start()
     yield
+    await asyncio.gather(*(provider.stop() for provider in tokens.values()))
+    await token_session.close()
     await clients.close()
-    await app[STORAGE].close()
+    await storage.close()
 
 
 @web.middleware
@@ -87,6 +115,20 @@ async def metrics(request: web.Request) -> web.Response:
         body=request.app[METRICS].render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
+
+
+async def status(request: web.Request) -> web.Response:
+    """Per vendor: upstream and credential state (never a secret)."""
+    settings = request.app[SETTINGS]
+    tokens = request.app[TOKENS]
+    vendors = {
+        vendor: {
+            "upstream": policy.upstream.url,
+            "credentials": tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"},
+        }
+        for vendor, policy in sorted(settings.policies.items())
+    }
+    return _json({"vendors": vendors}, 200)
 
 
 def _json(body: dict[str, object], status: int) -> web.Response:

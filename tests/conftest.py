@@ -136,19 +136,22 @@ class GatewayProcess:
         self.port = free_port()
         self.config_file = config_file
         self.env = env
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = config_file.parent / f"gateway-{self.port}.log"
 
     def start(self, *flags: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_file),
-             "--listen", f"127.0.0.1:{self.port}", *flags],
-            env={**os.environ, **self.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO,
-        )
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a full one
+        # would block the gateway's logging.
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_file),
+                 "--listen", f"127.0.0.1:{self.port}", *flags],
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         wait_for_port(self.port)
 
     def stop(self, signalled: bool = False) -> tuple[int, str]:
@@ -156,8 +159,8 @@ class GatewayProcess:
         assert self.process is not None
         if not signalled and self.process.poll() is None:
             self.process.terminate()
-        output, _ = self.process.communicate(timeout=30)
-        return self.process.returncode, output
+        self.process.wait(timeout=30)
+        return self.process.returncode, self.log.read_text()
 
 
 @pytest.fixture
@@ -179,7 +182,7 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
         if proc.process is not None:
             if proc.process.poll() is None:
                 proc.process.kill()
-            proc.process.communicate()
+            proc.process.wait()
 
 
 @pytest.fixture

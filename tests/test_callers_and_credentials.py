@@ -86,18 +86,6 @@ async def test_static_credentials_are_injected(gateway, vendor, credentials, che
     assert check(vendor.last), vendor.last
 
 
-async def test_token_credentials_answer_503_until_supported(gateway, vendor):
-    client = await gateway(
-        {"vendor": "v", "upstream": vendor.url,
-         "credentials": {"type": "oauth2", "grant": "client_credentials", "token_url": vendor.url + "/token",
-                         "client_id": "id", "client_secret": "${SECRET}"}},
-        env={"SECRET": "s"},
-    )
-    response = await client.get("/v/x")
-    assert response.status == 503 and (await response.json())["type"] == "credentials-unavailable"
-    assert vendor.received == []
-
-
 async def test_secrets_never_reach_logs_metrics_or_errors(gateway, vendor, caplog):
     secret = "very-secret-value-123"
     client = await gateway(

@@ -1,11 +1,13 @@
 """Shared state backends, chosen once from the storage URL.
 
-``memory`` keeps state inside the process; ``redis://`` and ``rediss://`` share it among
-every gateway process using that Redis. Backend failures surface as StorageError.
+``memory`` keeps state inside the process (and what must survive a restart in the local
+store under ``data_dir``); ``redis://`` and ``rediss://`` share it among every gateway
+process using that Redis. Backend failures surface as StorageError.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from gateway.storage.memory import MemoryStorage
@@ -18,10 +20,20 @@ class Storage(Protocol):
     async def ping(self) -> None:
         """Returns when the backend answers; raises StorageError otherwise."""
 
+    async def lock_refresh(self, vendor: str, ttl: float) -> int | None:
+        """Take the vendor's token-refresh lock for ``ttl`` seconds: its fence, or None if held."""
+
+    async def unlock_refresh(self, vendor: str, fence: int) -> None: ...
+
+    async def get_token(self, vendor: str) -> bytes | None: ...
+
+    async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
+        """Store the vendor's sealed token record if the lock is still ours."""
+
     async def close(self) -> None: ...
 
 
-def open_storage(url: str, *, cluster: bool = False) -> Storage:
+def open_storage(url: str, *, data_dir: Path, cluster: bool = False) -> Storage:
     if url == "memory":
-        return MemoryStorage()
+        return MemoryStorage(data_dir)
     return RedisStorage(url, cluster=cluster)

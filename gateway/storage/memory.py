@@ -1,13 +1,64 @@
-"""In-process storage: the embedded default for a single gateway process."""
+"""In-process storage: the embedded default for a single gateway process.
+
+Token records are also written to the local store under ``data_dir``, so a restart
+resumes with the last rotated refresh token instead of the configured (dead) one.
+"""
 
 from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+from gateway.storage.durable import LocalStore
 
 
 class MemoryStorage:
     name = "memory"
 
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._local: LocalStore | None = None
+        self._tokens: dict[str, bytes] = {}
+        self._locks: dict[str, tuple[int, float]] = {}
+        self._fences = itertools.count(1)
+
+    def _store(self) -> LocalStore:
+        if self._local is None:  # made on first use: a gateway without tokens writes nothing
+            self._local = LocalStore(self._data_dir)
+        return self._local
+
     async def ping(self) -> None:
         return None
 
+    async def lock_refresh(self, vendor: str, ttl: float) -> int | None:
+        now = time.monotonic()
+        held = self._locks.get(vendor)
+        if held is not None and held[1] > now:
+            return None
+        fence = next(self._fences)
+        self._locks[vendor] = (fence, now + ttl)
+        return fence
+
+    async def unlock_refresh(self, vendor: str, fence: int) -> None:
+        if self._locks.get(vendor, (None, 0.0))[0] == fence:
+            del self._locks[vendor]
+
+    async def get_token(self, vendor: str) -> bytes | None:
+        if vendor not in self._tokens:
+            stored = await self._store().get(f"token:{vendor}")
+            if stored is None:
+                return None
+            self._tokens[vendor] = stored
+        return self._tokens[vendor]
+
+    async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
+        if self._locks.get(vendor, (None, 0.0))[0] != fence:
+            return False
+        self._tokens[vendor] = value
+        await self._store().put(f"token:{vendor}", value)
+        return True
+
     async def close(self) -> None:
-        return None
+        if self._local is not None:
+            self._local.close()
