@@ -111,6 +111,13 @@ class Pipeline:
         except GatewayError as err:
             status = err.status
             return problem_response(err, ex.request_id, ex.attempts)
+        except Exception:
+            # A bug of ours must still answer in the contract's shape, and say where to look.
+            log.exception("unexpected error", extra={"request_id": ex.request_id})
+            vendor = None if ex.vendor == "unknown" else ex.vendor
+            internal = GatewayError(f"internal gateway error; the log has request id {ex.request_id}", vendor=vendor)
+            status = internal.status
+            return problem_response(internal, ex.request_id, ex.attempts)
         finally:
             method = request.method if request.method in HTTP_METHODS else "OTHER"
             self.metrics.requests.labels(ex.vendor, method, str(status), ex.caller).inc()

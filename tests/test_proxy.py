@@ -217,3 +217,19 @@ async def test_methods_that_would_echo_or_tunnel_are_refused(gateway, vendor, me
     data = await raw_request(client, f"{method} /v/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     assert data.startswith(b"HTTP/1.1 4")
     assert vendor.received == []
+
+
+async def test_an_unexpected_error_still_answers_problem_json(gateway, vendor):
+    from gateway.server import PIPELINE
+
+    class Broken:
+        async def apply(self, headers, query):
+            raise RuntimeError("bug")
+
+    client = await gateway(policy(vendor))
+    client.server.app[PIPELINE].credentials = {"v": Broken()}
+    response = await client.get("/v/x")
+    assert response.status == 500
+    problem = await response.json()
+    assert problem["type"] == "internal-error" and problem["vendor"] == "v"
+    assert response.headers["X-Request-Id"] in problem["detail"]
