@@ -242,3 +242,20 @@ async def test_token_secrets_never_reach_status_metrics_or_logs(gateway, auth, c
     status = await (await client.get("/_gateway/status")).json()
     assert status["vendors"]["crm"]["credentials"]["state"] == "valid"
     assert status["vendors"]["crm"]["credentials"]["expires_at"].endswith("Z")
+
+
+async def test_a_failing_token_endpoint_does_not_touch_callers_while_the_token_is_valid(gateway, auth):
+    auth.lifetime = 2
+    client = await gateway(oauth_policy(auth, refresh_before="1s"), env=ENV)
+    assert (await client.get("/crm/x")).status == 200
+    auth.fail_next(500, "server_error")
+    statuses = []
+    for _ in range(10):  # the refresh at ~1 s fails; the token is still good until ~2 s
+        statuses.append((await client.get("/crm/x")).status)
+        await asyncio.sleep(0.1)
+    assert statuses == [200] * 10
+    await asyncio.sleep(1.5)  # retried after 1 s, successfully
+    assert (await client.get("/crm/x")).status == 200
+    assert len(auth.requests) >= 3 and auth.rejected_401 == 0
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_credential_refreshes_total{result="error",vendor="crm"} 1.0' in text
