@@ -7,6 +7,7 @@ The hierarchy::
     ├── Unauthenticated               401 unauthenticated: caller key missing or wrong
     ├── Forbidden                     403 forbidden: caller may not use this vendor
     ├── UnknownVendor                 404 unknown-vendor: no policy for the prefix
+    ├── NotFound                      404 not-found: no such dead letter (admin API)
     ├── PayloadTooLarge               413 payload-too-large: body over max_body
     ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
     ├── UpstreamUnavailable           502 upstream-unavailable: connection failed
@@ -92,6 +93,12 @@ class UnknownVendor(GatewayError):
     status = 404
     type = "unknown-vendor"
     title = "No policy for this vendor"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not-found"
+    title = "No such entry"
 
 
 class PayloadTooLarge(GatewayError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -61,6 +61,22 @@ class Metrics:
             "gateway_credential_refreshes_total",
             "Access token refreshes by result",
             ["vendor", "result"],
+            registry=self.registry,
+        )
+
+        self.circuit_state = Gauge(
+            "gateway_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["vendor"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+
+        self.dead_letters = Gauge(
+            "gateway_dead_letters",
+            "Dead letters kept, per vendor",
+            ["vendor"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
 

@@ -19,29 +19,34 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.body import RequestBody, read_body
+from gateway.body import REPLAY_LIMIT, RequestBody, read_body
+from gateway.breakers import CircuitBreakers
 from gateway.callers import CallerDirectory
 from gateway.config.loader import Settings
 from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
+from gateway.core.breaker import is_failure
 from gateway.core.headers import CALLER_ONLY, hop_by_hop, parse_retry_after
 from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
 from gateway.credentials import CredentialProvider
+from gateway.deadletters import ERROR_EXCERPT, KEPT_GATEWAY_STATUSES, WRITES, DeadLetter
 from gateway.errors import (
     BadRequest,
+    CircuitOpen,
     GatewayError,
     PayloadTooLarge,
     UnknownVendor,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
 from gateway.upstream import AttemptFailed, UpstreamClients
 
@@ -63,12 +68,35 @@ class MethodNotAllowed(GatewayError):
 class Exchange:
     """What the pipeline knows about one request as it goes; labels start pessimistic."""
 
-    request: web.Request
     request_id: str
     started: float
+    started_at: float = field(default_factory=time.time)  # wall clock, for dead letters
     vendor: str = "unknown"
     caller: str = "unauthenticated"
     attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The request to send, as the vendor will see it less the credential (added per attempt)."""
+
+    method: str
+    target: Target
+    headers: CIMultiDict[str]
+    body: RequestBody
+
+    @property
+    def idempotency_key(self) -> bool:
+        return "Idempotency-Key" in self.headers
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How a replayed dead letter went."""
+
+    status: int
+    attempts: int
+    error: str
 
 
 class Pipeline:
@@ -77,6 +105,8 @@ class Pipeline:
         settings: Settings,
         clients: UpstreamClients,
         credentials: Mapping[str, CredentialProvider],
+        breakers: CircuitBreakers,
+        dead_letters: DeadLetterBox,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -87,6 +117,8 @@ class Pipeline:
         self.max_body = settings.config.max_body
         self.callers = CallerDirectory(settings.config.callers)
         self.credentials = credentials
+        self.breakers = breakers
+        self.dead_letters = dead_letters
         self.clients = clients
         self.metrics = metrics
         self.clock = clock
@@ -96,18 +128,25 @@ class Pipeline:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         supplied = request.headers.get("X-Request-Id", "")
         ex = Exchange(
-            request=request,
             request_id=supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex,
             started=self.clock(),
         )
         status = 500
         try:
-            policy, target = self.route(ex)
-            self.identify(ex, policy)
+            policy, target = self.route(ex, request)
+            self.identify(ex, request, policy)
             body = await read_body(request, self.max_body)
-            upstream = await self.attempts(ex, policy, target, body)
+            out = Outgoing(request.method, target, forward_headers(request, ex.request_id, body), body)
+            try:
+                upstream = await self.attempts(ex, policy, out)
+            except GatewayError as err:
+                if self.keeps(policy, out, err.status, by_gateway=True):
+                    await self.dead_letters.keep(ex, out, err.status, f"{err.type}: {err.detail}")
+                raise
             status = upstream.status
-            return await self.answer(ex, upstream)
+            if self.keeps(policy, out, upstream.status, by_gateway=False):
+                return await self.answer_and_keep(ex, request, out, upstream)
+            return await self.answer(ex, request, upstream)
         except GatewayError as err:
             status = err.status
             return problem_response(err, ex.request_id, ex.attempts)
@@ -124,9 +163,55 @@ class Pipeline:
             if ex.vendor != "unknown":
                 self.metrics.request_duration.labels(ex.vendor).observe(self.clock() - ex.started)
 
-    def route(self, ex: Exchange) -> tuple[Policy, Target]:
+    @staticmethod
+    def keeps(policy: Policy, out: Outgoing, status: int, *, by_gateway: bool) -> bool:
+        """Whether a final answer makes this request a dead letter (CONTRACT: dead_letter)."""
+        if not policy.dead_letter or out.method not in WRITES:
+            return False
+        return status in KEPT_GATEWAY_STATUSES if by_gateway else status >= 400
+
+    async def answer_and_keep(
+        self, ex: Exchange, request: web.Request, out: Outgoing, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        """A failed write: keep it, with an excerpt of the vendor's error, then answer."""
+        length = upstream.content_length
+        if length is not None and length > REPLAY_LIMIT:
+            await self.dead_letters.keep(ex, out, upstream.status, f"upstream {upstream.status} (body not kept)")
+            return await self.answer(ex, request, upstream)
         try:
-            target = parse_target(ex.request.raw_path)
+            body = await upstream.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor) from None
+        finally:
+            upstream.release()
+        await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, body))
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=body)
+
+    async def replay(self, entry: DeadLetter) -> Delivery:
+        """Send a dead letter again through the attempts, with today's credentials."""
+        policy = self.policies.get(entry.vendor)
+        if policy is None:
+            raise UnknownVendor(f"no vendor {entry.vendor!r} is configured any more")
+        ex = Exchange(request_id=uuid.uuid4().hex, started=self.clock(), vendor=entry.vendor, caller=entry.caller)
+        headers = CIMultiDict(entry.headers)
+        headers["X-Request-Id"] = ex.request_id
+        target = Target(entry.vendor, entry.path, entry.query)
+        out = Outgoing(entry.method, target, headers, RequestBody(entry.body))
+        try:
+            upstream = await self.attempts(ex, policy, out)
+        except GatewayError as err:
+            return Delivery(err.status, ex.attempts, f"{err.type}: {err.detail}")
+        try:
+            body = await upstream.content.read(ERROR_EXCERPT)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            body = b""
+        finally:
+            upstream.close()
+        return Delivery(upstream.status, ex.attempts, _describe(upstream.status, body))
+
+    def route(self, ex: Exchange, request: web.Request) -> tuple[Policy, Target]:
+        try:
+            target = parse_target(request.raw_path)
         except UnsafeTarget as exc:
             raise BadRequest(str(exc)) from None
         policy = self.policies.get(target.vendor) if target else None
@@ -134,33 +219,41 @@ class Pipeline:
             name = f" {target.vendor!r}" if target else ""
             raise UnknownVendor(f"no vendor{name} is configured at this path")
         ex.vendor = policy.vendor
-        if ex.request.method not in HTTP_METHODS:
-            raise MethodNotAllowed(f"{ex.request.method} is not forwarded", vendor=policy.vendor)
+        if request.method not in HTTP_METHODS:
+            raise MethodNotAllowed(f"{request.method} is not forwarded", vendor=policy.vendor)
         return policy, target
 
-    def identify(self, ex: Exchange, policy: Policy) -> Caller:
-        caller = self.callers.identify(ex.request.headers)
+    def identify(self, ex: Exchange, request: web.Request, policy: Policy) -> Caller:
+        caller = self.callers.identify(request.headers)
         ex.caller = caller.name
         self.callers.authorize(caller, policy.vendor)
         return caller
 
-    async def attempts(
-        self, ex: Exchange, policy: Policy, target: Target, body: RequestBody
-    ) -> aiohttp.ClientResponse:
+    async def attempts(self, ex: Exchange, policy: Policy, out: Outgoing) -> aiohttp.ClientResponse:
         """Attempt until an answer is final; the answer's body is not read yet."""
-        request = ex.request
-        idempotency_key = "Idempotency-Key" in request.headers
         credential = self.credentials[policy.vendor]
+        breaker = policy.circuit_breaker
+        body = out.body
         renewed = False
         while True:
+            probe = False
+            if breaker is not None:
+                admission = await self.breakers.admit(policy.vendor, breaker)
+                if not admission.allowed:
+                    raise CircuitOpen(
+                        f"{policy.vendor} is failing; the next probe is in {admission.retry_after:.0f}s",
+                        vendor=policy.vendor,
+                        retry_after=admission.retry_after,
+                    )
+                probe = admission.probe
             ex.attempts += 1
-            headers = forward_headers(request, ex.request_id, body)
-            query = await credential.apply(headers, target.query)
-            url = upstream_url(policy.upstream.origin, policy.upstream.base_path, replace(target, query=query))
+            headers = out.headers.copy()
+            query = await credential.apply(headers, out.target.query)
+            url = upstream_url(policy.upstream.origin, policy.upstream.base_path, replace(out.target, query=query))
             started = self.clock()
             response: aiohttp.ClientResponse | None = None
             try:
-                response = await self.clients.send(policy, request.method, url, headers, body.payload())
+                response = await self.clients.send(policy, out.method, url, headers, body.payload())
             except AttemptFailed as failure:
                 if body.too_large:
                     raise PayloadTooLarge(f"the request body is over the limit of {self.max_body} bytes") from None
@@ -170,8 +263,11 @@ class Pipeline:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
                 outcome = Outcome(status=response.status, retry_after=retry_after)
                 reason = f"status {response.status}"
-            self.metrics.upstream_requests.labels(policy.vendor, request.method, outcome.label).inc()
+            self.metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
             self.metrics.upstream_duration.labels(policy.vendor).observe(self.clock() - started)
+            if breaker is not None:
+                failed = is_failure(outcome.status, outcome.failure)
+                await self.breakers.record(policy.vendor, breaker, failed, probe)
 
             if response is not None and response.status == 401 and not renewed and body.replayable:
                 # A token the vendor no longer takes: refresh once and try once more.
@@ -184,8 +280,8 @@ class Pipeline:
                 policy.retry,
                 ex.attempts,
                 outcome,
-                method=request.method,
-                idempotency_key=idempotency_key,
+                method=out.method,
+                idempotency_key=out.idempotency_key,
                 replayable=body.replayable,
             ):
                 if response is not None:
@@ -196,22 +292,22 @@ class Pipeline:
             delay = backoff_delay(policy.retry.backoff, ex.attempts, self.jitter(), outcome.retry_after)
             log.info(
                 "retrying %s %s after %s (attempt %d), in %.2fs",
-                policy.vendor, request.method, reason, ex.attempts, delay,
+                policy.vendor, out.method, reason, ex.attempts, delay,
                 extra={"request_id": ex.request_id},
             )
             self.metrics.retries.labels(policy.vendor, outcome.label).inc()
             await self.sleep(delay)
 
-    async def answer(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """Stream the vendor's answer to the caller; nothing is retried once bytes went out."""
-        request = ex.request
-        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    def answer_headers(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
         dropped = hop_by_hop(upstream.headers.getall("Connection", ()))
-        for name, value in upstream.headers.items():
-            if name.lower() not in dropped:
-                out.headers.add(name, value)
-        out.headers["X-Request-Id"] = ex.request_id
-        out.headers["X-Gateway-Attempts"] = str(ex.attempts)
+        headers = CIMultiDict((name, value) for name, value in upstream.headers.items() if name.lower() not in dropped)
+        headers["X-Request-Id"] = ex.request_id
+        headers["X-Gateway-Attempts"] = str(ex.attempts)
+        return headers
+
+    async def answer(self, ex: Exchange, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Stream the vendor's answer to the caller; nothing is retried once bytes went out."""
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream))
         length = upstream.content_length
         if length is not None and length <= _CHUNK and request.method != "HEAD" and upstream.status not in (204, 304):
             # A small answer goes out whole: one write instead of headers, body and end.
@@ -254,6 +350,12 @@ def forward_headers(request: web.Request, request_id: str, body: RequestBody) ->
         # A streamed upload keeps its declared length instead of becoming chunked.
         headers["Content-Length"] = str(request.content_length)
     return headers
+
+
+def _describe(status: int, body: bytes) -> str:
+    """The vendor's error as kept with a dead letter: its status and the start of its body."""
+    text = body[:ERROR_EXCERPT].decode("utf-8", "replace")
+    return f"upstream {status}: {text}" if text else f"upstream {status}"
 
 
 def _failure_error(policy: Policy, outcome: Outcome, reason: str, attempts: int) -> GatewayError:

@@ -123,7 +123,8 @@ def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
 async def _serve_until_signal(settings: Settings, sock: socket.socket | None) -> None:
     # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
     # before prometheus_client is first imported.
-    from gateway.server import DRAINING, build_app
+    from gateway.server import build_app
+    from gateway.state import DRAINING
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

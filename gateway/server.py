@@ -14,23 +14,21 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway import admin_api
+from gateway.breakers import CircuitBreakers
 from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.credentials import CredentialProvider, static_provider
 from gateway.errors import BadRequest, StorageError
+from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, problem_response
 from gateway.sealing import Sealer
-from gateway.storage import Storage, open_storage
+from gateway.storage import open_storage
 from gateway.tokens import TokenProvider
+from gateway.state import DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
 from gateway.upstream import UpstreamClients
 
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-STORAGE = web.AppKey("storage", Storage)
-PIPELINE = web.AppKey("pipeline", Pipeline)
-DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived
-TOKENS = web.AppKey("tokens", dict)  # vendor -> TokenProvider
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -43,6 +41,10 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/_gateway/status", status)
+    app.router.add_get("/_gateway/dead-letters", admin_api.list_dead_letters)
+    app.router.add_get("/_gateway/dead-letters/{id}", admin_api.get_dead_letter)
+    app.router.add_post("/_gateway/dead-letters/{id}/replay", admin_api.replay_dead_letter)
+    app.router.add_delete("/_gateway/dead-letters/{id}", admin_api.delete_dead_letter)
     # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
     app.router.add_route("*", r"/{tail:[\s\S]*}", proxy)
     return app
@@ -68,7 +70,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 vendor, spec, storage, token_session, sealer, app[METRICS]
             )
     app[TOKENS] = tokens
-    app[PIPELINE] = Pipeline(settings, clients, credentials, app[METRICS])
+    letterbox = DeadLetterBox(storage, app[METRICS], settings.policies)
+    app[PIPELINE] = Pipeline(
+        settings, clients, credentials, CircuitBreakers(storage, app[METRICS]), letterbox, app[METRICS]
+    )
+    for vendor, policy in settings.policies.items():
+        if policy.dead_letter:
+            await letterbox.count(vendor)
     for provider in tokens.values():
         provider.start()
     yield

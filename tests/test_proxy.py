@@ -220,7 +220,7 @@ async def test_methods_that_would_echo_or_tunnel_are_refused(gateway, vendor, me
 
 
 async def test_an_unexpected_error_still_answers_problem_json(gateway, vendor):
-    from gateway.server import PIPELINE
+    from gateway.state import PIPELINE
 
     class Broken:
         async def apply(self, headers, query):

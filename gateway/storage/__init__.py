@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from gateway.config.model import CircuitBreaker
+from gateway.core.breaker import Admission
+from gateway.deadletters import DeadLetter
 from gateway.storage.memory import MemoryStorage
 from gateway.storage.redis import RedisStorage
 
@@ -29,6 +32,22 @@ class Storage(Protocol):
 
     async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
         """Store the vendor's sealed token record if the lock is still ours."""
+
+    async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission: ...
+
+    async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
+        """Count an attempt's outcome; the breaker's state after it."""
+
+    async def put_dead_letter(self, entry: DeadLetter) -> None: ...
+
+    async def get_dead_letter(self, entry_id: str) -> DeadLetter | None: ...
+
+    async def delete_dead_letter(self, entry_id: str) -> bool: ...
+
+    async def list_dead_letters(self, vendor: str | None, after: str, limit: int) -> list[DeadLetter]:
+        """Oldest first, ids greater than ``after``."""
+
+    async def count_dead_letters(self, vendor: str) -> int: ...
 
     async def close(self) -> None: ...
 

@@ -10,6 +10,7 @@ import asyncio
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 
 class LocalStore:
@@ -22,6 +23,10 @@ class LocalStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS dead_letters (id TEXT PRIMARY KEY, vendor TEXT NOT NULL, data BLOB NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS dead_letters_vendor ON dead_letters (vendor, id)")
         self._lock = asyncio.Lock()
 
     async def get(self, key: str) -> bytes | None:
@@ -39,6 +44,36 @@ class LocalStore:
 
     def _put(self, key: str, value: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+    async def put_entry(self, entry_id: str, vendor: str, data: bytes) -> None:
+        await self._run(
+            "INSERT OR REPLACE INTO dead_letters (id, vendor, data) VALUES (?, ?, ?)", (entry_id, vendor, data)
+        )
+
+    async def get_entry(self, entry_id: str) -> bytes | None:
+        rows = await self._run("SELECT data FROM dead_letters WHERE id = ?", (entry_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def delete_entry(self, entry_id: str) -> bool:
+        rows = await self._run("DELETE FROM dead_letters WHERE id = ? RETURNING id", (entry_id,))
+        return bool(rows)
+
+    async def list_entries(self, vendor: str | None, after: str, limit: int) -> list[bytes]:
+        if vendor is None:
+            rows = await self._run("SELECT data FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        else:
+            rows = await self._run(
+                "SELECT data FROM dead_letters WHERE vendor = ? AND id > ? ORDER BY id LIMIT ?", (vendor, after, limit)
+            )
+        return [bytes(row[0]) for row in rows]
+
+    async def count_entries(self, vendor: str) -> int:
+        rows = await self._run("SELECT count(*) FROM dead_letters WHERE vendor = ?", (vendor,))
+        return int(rows[0][0])
+
+    async def _run(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        async with self._lock:
+            return await asyncio.to_thread(lambda: self._db.execute(sql, params).fetchall())
 
     def close(self) -> None:
         self._db.close()

@@ -10,6 +10,9 @@ import itertools
 import time
 from pathlib import Path
 
+from gateway.config.model import CircuitBreaker
+from gateway.core.breaker import Admission, BreakerState
+from gateway.deadletters import DeadLetter
 from gateway.storage.durable import LocalStore
 
 
@@ -22,6 +25,7 @@ class MemoryStorage:
         self._tokens: dict[str, bytes] = {}
         self._locks: dict[str, tuple[int, float]] = {}
         self._fences = itertools.count(1)
+        self._breakers: dict[str, BreakerState] = {}
 
     def _store(self) -> LocalStore:
         if self._local is None:  # made on first use: a gateway without tokens writes nothing
@@ -58,6 +62,28 @@ class MemoryStorage:
         self._tokens[vendor] = value
         await self._store().put(f"token:{vendor}", value)
         return True
+
+    async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission:
+        return self._breakers.setdefault(vendor, BreakerState()).admit(config, time.time())
+
+    async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
+        return self._breakers.setdefault(vendor, BreakerState()).record(config, time.time(), failure, probe)
+
+    async def put_dead_letter(self, entry: DeadLetter) -> None:
+        await self._store().put_entry(entry.id, entry.vendor, entry.to_json())
+
+    async def get_dead_letter(self, entry_id: str) -> DeadLetter | None:
+        raw = await self._store().get_entry(entry_id)
+        return DeadLetter.from_json(raw) if raw is not None else None
+
+    async def delete_dead_letter(self, entry_id: str) -> bool:
+        return await self._store().delete_entry(entry_id)
+
+    async def list_dead_letters(self, vendor: str | None, after: str, limit: int) -> list[DeadLetter]:
+        return [DeadLetter.from_json(raw) for raw in await self._store().list_entries(vendor, after, limit)]
+
+    async def count_dead_letters(self, vendor: str) -> int:
+        return await self._store().count_entries(vendor)
 
     async def close(self) -> None:
         if self._local is not None:

@@ -16,6 +16,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from gateway.config.model import CircuitBreaker
+from gateway.core.breaker import Admission
+from gateway.deadletters import DeadLetter
 from gateway.errors import StorageError
 
 TIMEOUT = 0.25
@@ -43,6 +46,7 @@ class RedisStorage:
         self._lock = self.client.register_script(_script("lock.lua"))
         self._unlock = self.client.register_script(_script("unlock.lua"))
         self._put_fenced = self.client.register_script(_script("put_fenced.lua"))
+        self._breaker = self.client.register_script(_script("breaker.lua"))
 
     async def _call(self, what: str, operation: Any) -> Any:
         try:
@@ -68,6 +72,65 @@ class RedisStorage:
     async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
         keys = [key(vendor, "refresh-lock"), key(vendor, "token")]
         return bool(await self._call("write", self._put_fenced(keys=keys, args=[fence, value])))
+
+    async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission:
+        return await self.breaker_call(vendor, config, "admit")
+
+    async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
+        return (await self.breaker_call(vendor, config, "record", failure=failure, probe=probe)).state
+
+    async def breaker_call(
+        self, vendor: str, config: CircuitBreaker, op: str, *, failure: bool = False, probe: bool = False,
+        now: float | None = None,
+    ) -> Admission:
+        """One breaker step; ``now`` only for tests (Redis's own clock otherwise)."""
+        args: list[str | float] = [op, "" if now is None else repr(now), config.window, config.min_calls, config.failure_ratio,
+                config.open_for, int(failure), int(probe)]
+        allowed, is_probe, retry_after, state = await self._call(
+            "breaker", self._breaker(keys=[key(vendor, "breaker")], args=args)
+        )
+        return Admission(bool(allowed), bool(is_probe), float(retry_after), int(state))
+
+    # Dead letters: one hash of entries and sorted-set indexes (all vendors, and per vendor)
+    # whose members are the time-ordered ids, under one hash tag so they share a slot.
+    _ENTRIES = "gateway:{dead-letters}:entries"
+
+    @staticmethod
+    def _index(vendor: str | None) -> str:
+        return "gateway:{dead-letters}:index" + (f":{vendor}" if vendor else "")
+
+    async def put_dead_letter(self, entry: DeadLetter) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._ENTRIES, entry.id, entry.to_json())
+        pipe.zadd(self._index(None), {entry.id: 0})
+        pipe.zadd(self._index(entry.vendor), {entry.id: 0})
+        await self._call("write", pipe.execute())
+
+    async def get_dead_letter(self, entry_id: str) -> DeadLetter | None:
+        raw = await self._call("read", self.client.hget(self._ENTRIES, entry_id))
+        return DeadLetter.from_json(raw) if raw is not None else None
+
+    async def delete_dead_letter(self, entry_id: str) -> bool:
+        entry = await self.get_dead_letter(entry_id)
+        if entry is None:
+            return False
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self._ENTRIES, entry_id)
+        pipe.zrem(self._index(None), entry_id)
+        pipe.zrem(self._index(entry.vendor), entry_id)
+        removed, _, _ = await self._call("write", pipe.execute())
+        return bool(removed)
+
+    async def list_dead_letters(self, vendor: str | None, after: str, limit: int) -> list[DeadLetter]:
+        low = f"({after}" if after else "-"
+        ids = await self._call("read", self.client.zrangebylex(self._index(vendor), low, "+", 0, limit))
+        if not ids:
+            return []
+        raws = await self._call("read", self.client.hmget(self._ENTRIES, ids))
+        return [DeadLetter.from_json(raw) for raw in raws if raw is not None]
+
+    async def count_dead_letters(self, vendor: str) -> int:
+        return int(await self._call("read", self.client.zcard(self._index(vendor))))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -1,0 +1,120 @@
+"""The admin API for dead letters: list, get, replay, delete. Every call needs the admin key
+(``X-Gateway-Admin-Key: KEY`` or ``Authorization: Bearer KEY``)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import wraps
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    ServiceUnavailable,
+    StorageError,
+    Unauthenticated,
+)
+from gateway.pipeline import problem_response
+from gateway.state import PIPELINE, SETTINGS, STORAGE
+from gateway.storage import Storage
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+MAX_PAGE = 500
+
+
+def _admin(handler: Handler) -> Handler:
+    @wraps(handler)
+    async def checked(request: web.Request) -> web.Response:
+        try:
+            expected = request.app[SETTINGS].config.admin_key
+            if expected is None:
+                raise Forbidden("the admin API is off: configure admin_key to use it")
+            presented = request.headers.get("X-Gateway-Admin-Key") or _bearer(request.headers.get("Authorization", ""))
+            digest = hashlib.sha256((presented or "").encode()).digest()
+            if not presented or not hmac.compare_digest(digest, hashlib.sha256(expected.reveal().encode()).digest()):
+                raise Unauthenticated("send the admin key as X-Gateway-Admin-Key: KEY")
+            return await handler(request)
+        except StorageError as exc:
+            return problem_response(ServiceUnavailable(f"storage failed: {exc}"), uuid.uuid4().hex)
+        except GatewayError as err:
+            return problem_response(err, uuid.uuid4().hex)
+
+    return checked
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _storage(request: web.Request) -> Storage:
+    return request.app[STORAGE]
+
+
+@_admin
+async def list_dead_letters(request: web.Request) -> web.Response:
+    vendor = request.query.get("vendor") or None
+    after = request.query.get("after", "")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("limit must be a whole number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be from 1 to {MAX_PAGE}")
+    entries = await _storage(request).list_dead_letters(vendor, after, limit)
+    return _json({
+        "dead_letters": [e.summary() for e in entries],
+        "next": entries[-1].id if len(entries) == limit else None,
+    })
+
+
+@_admin
+async def get_dead_letter(request: web.Request) -> web.Response:
+    entry = await _storage(request).get_dead_letter(request.match_info["id"])
+    if entry is None:
+        raise NotFound(f"no dead letter {request.match_info['id']!r}")
+    return _json(entry.detail())
+
+
+@_admin
+async def delete_dead_letter(request: web.Request) -> web.Response:
+    storage = _storage(request)
+    entry = await storage.get_dead_letter(request.match_info["id"])
+    if entry is None or not await storage.delete_dead_letter(entry.id):
+        raise NotFound(f"no dead letter {request.match_info['id']!r}")
+    await request.app[PIPELINE].dead_letters.count(entry.vendor)
+    return web.Response(status=204)
+
+
+@_admin
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    """Send it again through the normal attempts (today's credentials, breaker, retries):
+    removed when it succeeds, updated when it fails again."""
+    storage = _storage(request)
+    pipeline = request.app[PIPELINE]
+    entry = await storage.get_dead_letter(request.match_info["id"])
+    if entry is None:
+        raise NotFound(f"no dead letter {request.match_info['id']!r}")
+    if entry.body is None and entry.method in ("POST", "PUT", "PATCH"):
+        raise BadRequest("this entry's body was streamed (over 1 MiB) and not kept: it cannot be replayed")
+    delivery = await pipeline.replay(entry)
+    result = {"id": entry.id, "status": delivery.status, "attempts": delivery.attempts}
+    if delivery.status < 400:
+        await storage.delete_dead_letter(entry.id)
+        await pipeline.dead_letters.count(entry.vendor)
+        return _json({**result, "outcome": "delivered"})
+    await storage.put_dead_letter(entry.failed_again(delivery.status, delivery.error, delivery.attempts, time.time()))
+    return _json({**result, "outcome": "failed", "error": delivery.error})
