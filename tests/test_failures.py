@@ -1,0 +1,178 @@
+"""Failures handled the way integration teams do: retries with backoff, a circuit
+breaker, and dead letters that keep every failed write for review and replay."""
+
+import asyncio
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from tests.mock_vendor import answer
+
+BREAKER = {"failure_ratio": 0.5, "window": "10s", "min_calls": 4, "open_for": "1s"}
+ADMIN = {"X-Gateway-Admin-Key": "admin-key-1"}
+ADMIN_ENV = {"ADMIN": "admin-key-1", "VENDOR_KEY": "vendor-key-9"}
+
+
+def policy(vendor, **extra):
+    return {"vendor": "v", "upstream": vendor.url, **extra}
+
+
+async def test_a_retry_after_from_the_vendor_is_honoured(gateway, vendor):
+    vendor.script(answer(503, b"busy", {"Retry-After": "1"}), 200)
+    client = await gateway(policy(vendor, retry={"attempts": 2, "on": [503], "backoff": {"initial": "10ms", "jitter": 0}}))
+    started = time.monotonic()
+    response = await client.get("/v/x")
+    elapsed = time.monotonic() - started
+    assert response.status == 200 and response.headers["X-Gateway-Attempts"] == "2"
+    assert 1.0 <= elapsed < 1.5
+
+
+async def test_a_retry_after_longer_than_the_backoff_cap_is_answered_at_once(gateway, vendor):
+    vendor.script(answer(429, b"slow down", {"Retry-After": "120"}))
+    client = await gateway(policy(vendor, retry={"attempts": 3, "on": [429], "backoff": {"max": "10s"}}))
+    started = time.monotonic()
+    response = await client.get("/v/x")
+    assert response.status == 429 and response.headers["Retry-After"] == "120"
+    assert time.monotonic() - started < 0.5 and len(vendor.received) == 1
+
+
+async def test_post_is_retried_only_with_an_idempotency_key(gateway, vendor):
+    retry = {"attempts": 3, "on": [503], "backoff": {"initial": 0, "jitter": 0}}
+    client = await gateway(policy(vendor, retry=retry))
+    vendor.script(503, 200)
+    assert (await client.post("/v/x", data=b"{}")).status == 503
+    vendor.queue.clear()
+    vendor.script(503, 200)
+    response = await client.post("/v/x", data=b"{}", headers={"Idempotency-Key": "k-1"})
+    assert response.status == 200 and vendor.last.header("Idempotency-Key") == "k-1"
+    assert len(vendor.received) == 3
+
+
+async def test_the_breaker_opens_probes_once_and_closes(gateway, vendor):
+    client = await gateway(policy(vendor, circuit_breaker=BREAKER))
+    vendor.script(500, 500, 500, 500)
+    for _ in range(4):
+        assert (await client.get("/v/x")).status == 500
+    response = await client.get("/v/x")
+    assert response.status == 503 and int(response.headers["Retry-After"]) == 1
+    problem = await response.json()
+    assert problem["type"] == "circuit-open" and problem["retry_after"] == 1
+    assert len(vendor.received) == 4
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_circuit_state{vendor="v"} 2.0' in text
+    await asyncio.sleep(1.05)
+    vendor.script(lambda request: _slow_ok(request))
+    probe = asyncio.create_task(client.get("/v/x"))
+    await asyncio.sleep(0.1)
+    assert (await client.get("/v/x")).status == 503  # only one probe while it is out
+    assert (await probe).status == 200
+    assert (await client.get("/v/x")).status == 200
+    assert len(vendor.received) == 6
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_circuit_state{vendor="v"} 0.0' in text
+
+
+async def _slow_ok(request):
+    from aiohttp import web
+
+    await asyncio.sleep(0.3)
+    return web.Response(text="ok")
+
+
+async def test_two_processes_open_and_close_together(gateway_process, vendor, redis_server):
+    p = policy(vendor, circuit_breaker=BREAKER)
+    first, second = (gateway_process(p, config={"storage": redis_server.url}) for _ in range(2))
+    async with aiohttp.ClientSession() as session:
+        vendor.script(500, 500, 500, 500)
+        for _ in range(4):
+            assert (await session.get(first.url + "/v/x")).status == 500
+        response = await session.get(second.url + "/v/x")
+        assert response.status == 503 and (await response.json())["type"] == "circuit-open"
+        await asyncio.sleep(1.05)
+        assert (await session.get(second.url + "/v/x")).status == 200  # the probe, from the other process
+        assert (await session.get(first.url + "/v/x")).status == 200
+    assert len(vendor.received) == 6
+
+
+async def test_failed_writes_are_kept_without_credentials_and_replayed_with_them(gateway, vendor):
+    client = await gateway(
+        policy(vendor, dead_letter=True, credentials={"type": "api_key", "header": "X-Api-Key", "value": "${VENDOR_KEY}"}),
+        config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV,
+    )
+    vendor.script(answer(500, b'{"error": "db down"}'))
+    response = await client.post("/v/contacts?src=form", data=b'{"email": "a@b.example"}',
+                                 headers={"Content-Type": "application/json", "X-Api-Key": "callers-own"})
+    assert response.status == 500 and await response.read() == b'{"error": "db down"}'
+    assert (await client.get("/v/contacts")).status == 200  # reads are never kept
+    listing = await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json()
+    [summary] = listing["dead_letters"]
+    assert (summary["vendor"], summary["method"], summary["path"], summary["query"], summary["status"]) == (
+        "v", "POST", "/contacts", "src=form", 500)
+    assert summary["error"] == 'upstream 500: {"error": "db down"}' and summary["attempts"] == 1
+    detail = await (await client.get(f"/_gateway/dead-letters/{summary['id']}", headers=ADMIN)).json()
+    assert detail["body"] == '{"email": "a@b.example"}'
+    assert ["Content-Type", "application/json"] in detail["headers"]
+    assert "vendor-key-9" not in str(detail) and "callers-own" not in str(detail)
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_dead_letters{vendor="v"} 1.0' in text
+
+    result = await (await client.post(f"/_gateway/dead-letters/{summary['id']}/replay", headers=ADMIN)).json()
+    assert result["outcome"] == "delivered" and result["status"] == 200
+    assert vendor.last.method == "POST" and vendor.last.raw_path == "/contacts?src=form"
+    assert vendor.last.body == b'{"email": "a@b.example"}' and vendor.last.header("X-Api-Key") == "vendor-key-9"
+    assert (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"] == []
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_dead_letters{vendor="v"} 0.0' in text
+
+
+async def test_gateway_errors_on_writes_are_kept_and_a_failed_replay_updates_the_entry(gateway, vendor):
+    client = await gateway(policy(vendor, dead_letter=True, timeout="200ms"), config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+    from tests.mock_vendor import hang
+
+    vendor.script(hang)
+    assert (await client.put("/v/deals/7", data=b"x")).status == 504
+    [entry] = (await (await client.get("/_gateway/dead-letters?vendor=v", headers=ADMIN)).json())["dead_letters"]
+    assert entry["status"] == 504 and entry["error"].startswith("upstream-timeout:")
+    vendor.script(422)
+    result = await (await client.post(f"/_gateway/dead-letters/{entry['id']}/replay", headers=ADMIN)).json()
+    assert result["outcome"] == "failed" and result["status"] == 422
+    again = await (await client.get(f"/_gateway/dead-letters/{entry['id']}", headers=ADMIN)).json()
+    assert (again["status"], again["replays"], again["attempts"]) == (422, 1, 2)
+    assert (await client.delete(f"/_gateway/dead-letters/{entry['id']}", headers=ADMIN)).status == 204
+    assert (await client.get(f"/_gateway/dead-letters/{entry['id']}", headers=ADMIN)).status == 404
+
+
+async def test_the_admin_api_needs_the_admin_key(gateway, vendor):
+    without = await gateway(policy(vendor, dead_letter=True))
+    response = await without.get("/_gateway/dead-letters")
+    assert response.status == 403 and (await response.json())["type"] == "forbidden"
+
+
+async def test_the_admin_api_refuses_a_wrong_key(gateway, vendor):
+    client = await gateway(policy(vendor, dead_letter=True), config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+    for headers in ({}, {"X-Gateway-Admin-Key": "nope"}, {"Authorization": "Bearer nope"}):
+        assert (await client.get("/_gateway/dead-letters", headers=headers)).status == 401
+    assert (await client.get("/_gateway/dead-letters", headers={"Authorization": "Bearer admin-key-1"})).status == 200
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_dead_letters_survive_kill_9(gateway_process, vendor, redis_server, tmp_path, storage):
+    config = {"admin_key": "${ADMIN}", "data_dir": str(tmp_path / "state"),
+              "storage": redis_server.url if storage == "redis" else "memory"}
+    p = policy(vendor, dead_letter=True)
+    first = gateway_process(p, config=config, env=ADMIN_ENV)
+    async with aiohttp.ClientSession() as session:
+        vendor.script(503)
+        assert (await session.post(first.url + "/v/orders", data=b"order-1")).status == 503
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        second = gateway_process(p, config=config, env=ADMIN_ENV)
+        listing = await (await session.get(second.url + "/_gateway/dead-letters", headers=ADMIN)).json()
+        [entry] = listing["dead_letters"]
+        assert entry["path"] == "/orders"
+        result = await (await session.post(second.url + f"/_gateway/dead-letters/{entry['id']}/replay", headers=ADMIN)).json()
+        assert result["outcome"] == "delivered"
+    assert vendor.last.body == b"order-1"
