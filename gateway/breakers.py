@@ -7,7 +7,7 @@ import logging
 import time
 
 from gateway.config.model import CircuitBreaker
-from gateway.core.breaker import Admission, BreakerState
+from gateway.core.breaker import Admission, BreakerState, STATE_NAMES
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
 from gateway.storage import Storage
@@ -20,6 +20,13 @@ class CircuitBreakers:
         self._storage = storage
         self._metrics = metrics
         self._local: dict[str, BreakerState] = {}
+
+    async def state(self, vendor: str, config: CircuitBreaker) -> str:
+        try:
+            state = await self._storage.breaker_state(vendor, config)
+        except StorageError:
+            state = self._local.setdefault(vendor, BreakerState()).state(time.time())
+        return STATE_NAMES[state]
 
     async def admit(self, vendor: str, config: CircuitBreaker) -> Admission:
         try:

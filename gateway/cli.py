@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway import admin_cli
 from gateway.config.loader import Overrides, Settings, load_settings
 from gateway.config.model import CONFIG, POLICY
 from gateway.errors import ConfigError
@@ -32,9 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     schema = commands.add_parser("schema", help="print the JSON Schema of a policy file")
     schema.add_argument("--config", action="store_true", help="print the schema of gateway.yaml instead")
 
+    admin_cli.add_parser(commands)
+
     args = parser.parse_args(argv)
     if args.command == "schema":
         return _schema(args.config)
+    if args.command == "dead-letters":
+        return admin_cli.run(args)
     settings = _load(args)
     if settings is None:
         return 1

@@ -68,7 +68,7 @@ def anonymous_exposure(settings: Settings) -> str | None:
 
 def not_enforced_yet(settings: Settings) -> dict[str, list[str]]:
     """Per vendor, the configured policy sections this version checks but does not apply
-    yet (budgets #3, breaker and dead letters #5, cache #6)."""
+    yet (budgets #3, cache #6)."""
     found: dict[str, list[str]] = {}
     for vendor, policy in settings.policies.items():
         sections = [
@@ -76,9 +76,7 @@ def not_enforced_yet(settings: Settings) -> dict[str, list[str]]:
             for name, present in (
                 ("budgets", bool(policy.budgets)),
                 ("when_exhausted", policy.when_exhausted.wait > 0),
-                ("circuit_breaker", policy.circuit_breaker is not None),
                 ("cache", bool(policy.cache)),
-                ("dead_letter", policy.dead_letter),
             )
             if present
         ]

@@ -126,16 +126,19 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Per vendor: upstream and credential state (never a secret)."""
+    """Per vendor: upstream, credential state (never a secret) and breaker state."""
     settings = request.app[SETTINGS]
     tokens = request.app[TOKENS]
-    vendors = {
-        vendor: {
+    breakers = request.app[PIPELINE].breakers
+    vendors: dict[str, dict[str, object]] = {}
+    for vendor, policy in sorted(settings.policies.items()):
+        credentials = tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"}
+        breaker = policy.circuit_breaker
+        vendors[vendor] = {
             "upstream": policy.upstream.url,
-            "credentials": tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"},
+            "credentials": credentials,
+            "circuit_breaker": await breakers.state(vendor, breaker) if breaker is not None else None,
         }
-        for vendor, policy in sorted(settings.policies.items())
-    }
     return _json({"vendors": vendors}, 200)
 
 

@@ -63,6 +63,8 @@ async def test_the_breaker_opens_probes_once_and_closes(gateway, vendor):
     assert len(vendor.received) == 4
     text = await (await client.get("/metrics")).text()
     assert 'gateway_circuit_state{vendor="v"} 2.0' in text
+    status = await (await client.get("/_gateway/status")).json()
+    assert status["vendors"]["v"]["circuit_breaker"] == "open"
     await asyncio.sleep(1.05)
     vendor.script(lambda request: _slow_ok(request))
     probe = asyncio.create_task(client.get("/v/x"))
@@ -176,3 +178,28 @@ async def test_dead_letters_survive_kill_9(gateway_process, vendor, redis_server
         result = await (await session.post(second.url + f"/_gateway/dead-letters/{entry['id']}/replay", headers=ADMIN)).json()
         assert result["outcome"] == "delivered"
     assert vendor.last.body == b"order-1"
+
+
+async def test_the_dead_letters_command_lists_and_replays(gateway_process, vendor):
+    import subprocess
+    import sys
+
+    gw = gateway_process(policy(vendor, dead_letter=True), config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+    async with aiohttp.ClientSession() as session:
+        vendor.script(500)
+        assert (await session.patch(gw.url + "/v/items/3", data=b"{}")).status == 500
+
+    def command(*args, key="admin-key-1"):
+        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_ADMIN_KEY"}
+        if key:
+            env["GATEWAY_ADMIN_KEY"] = key
+        return subprocess.run([sys.executable, "-m", "gateway", "dead-letters", "--url", gw.url, *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    listed = await asyncio.to_thread(command, "list")
+    assert listed.returncode == 0 and "PATCH  /items/3  500" in listed.stdout
+    entry_id = listed.stdout.split()[0]
+    assert (await asyncio.to_thread(command, "list", key="")).returncode == 2
+    assert "401" in (await asyncio.to_thread(command, "list", key="wrong")).stderr
+    replayed = await asyncio.to_thread(command, "replay", entry_id)
+    assert replayed.returncode == 0 and f"{entry_id}: delivered (200, 1 attempt(s))" in replayed.stdout

@@ -18,6 +18,7 @@ from gateway.config.model import CircuitBreaker
 
 BUCKETS = 10
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2  # the values of gateway_circuit_state
+STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class BreakerState:
     opened_until: float = 0.0  # 0: closed
     probing_until: float = 0.0  # a probe is out until then
     buckets: dict[int, list[int]] = field(default_factory=dict)  # bucket -> [calls, failures]
+
+    def state(self, now: float) -> int:
+        if not self.opened_until:
+            return CLOSED
+        return OPEN if now < self.opened_until else HALF_OPEN
 
     def admit(self, config: CircuitBreaker, now: float) -> Admission:
         if not self.opened_until:

@@ -33,6 +33,8 @@ class Storage(Protocol):
     async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
         """Store the vendor's sealed token record if the lock is still ours."""
 
+    async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int: ...
+
     async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission: ...
 
     async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:

@@ -63,6 +63,9 @@ class MemoryStorage:
         await self._store().put(f"token:{vendor}", value)
         return True
 
+    async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int:
+        return self._breakers.setdefault(vendor, BreakerState()).state(time.time())
+
     async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission:
         return self._breakers.setdefault(vendor, BreakerState()).admit(config, time.time())
 

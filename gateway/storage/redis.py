@@ -73,6 +73,9 @@ class RedisStorage:
         keys = [key(vendor, "refresh-lock"), key(vendor, "token")]
         return bool(await self._call("write", self._put_fenced(keys=keys, args=[fence, value])))
 
+    async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int:
+        return (await self.breaker_call(vendor, config, "peek")).state
+
     async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission:
         return await self.breaker_call(vendor, config, "admit")
 

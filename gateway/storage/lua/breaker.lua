@@ -1,6 +1,6 @@
 -- The circuit breaker of gateway/core/breaker.py, on shared state (keep the two alike:
 -- tests/core/test_breaker.py runs one table against both).
--- KEYS[1]: the vendor's breaker hash. ARGV: op ("admit" | "record"), now (seconds; "" for
+-- KEYS[1]: the vendor's breaker hash. ARGV: op ("peek" | "admit" | "record"), now (seconds; "" for
 -- Redis's clock), window, min_calls, failure_ratio, open_for, failure (0|1), probe (0|1).
 -- Returns {allowed (0|1), probe (0|1), retry_after (string), state}.
 local op = ARGV[1]
@@ -15,6 +15,12 @@ local key = KEYS[1]
 local opened = tonumber(redis.call('HGET', key, 'opened_until') or '0')
 local probing = tonumber(redis.call('HGET', key, 'probing_until') or '0')
 redis.call('PEXPIRE', key, math.ceil((window + open_for) * 2000))
+
+if op == 'peek' then
+  if opened == 0 then return {0, 0, '0', 0} end
+  if now < opened then return {0, 0, tostring(opened - now), 2} end
+  return {0, 0, '0', 1}
+end
 
 if op == 'admit' then
   if opened == 0 then return {1, 0, '0', 0} end
