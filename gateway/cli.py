@@ -68,8 +68,10 @@ def _load(args: argparse.Namespace) -> Settings | None:
     try:
         return load_settings(config_file, os.environ, overrides)
     except ConfigError as exc:
+        # check's findings are its output; serve's are why it did not start.
+        out = sys.stdout if args.command == "check" else sys.stderr
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            print(problem, file=out)
         return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from typing import Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from multidict import CIMultiDict
 
@@ -52,11 +52,9 @@ class QueryCredential(StaticCredential):
         self._pair = f"{quote(name, safe='')}={quote(value, safe='')}"
 
     async def apply(self, headers: CIMultiDict[str], query: str | None) -> str | None:
-        kept = [
-            part
-            for part in (query or "").split("&")
-            if part and part.split("=", 1)[0] != self._name
-        ]
+        if not query:
+            return self._pair
+        kept = [part for part in query.split("&") if unquote(part.split("=", 1)[0]) != self._name]
         return "&".join([*kept, self._pair])
 
 

@@ -8,6 +8,7 @@ The hierarchy::
     ├── Forbidden                     403 forbidden: caller may not use this vendor
     ├── UnknownVendor                 404 unknown-vendor: no policy for the prefix
     ├── NotFound                      404 not-found: no such dead letter (admin API)
+    ├── MethodNotAllowed              405 method-not-allowed: TRACE, TRACK, CONNECT
     ├── PayloadTooLarge               413 payload-too-large: body over max_body
     ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
     ├── UpstreamUnavailable           502 upstream-unavailable: connection failed
@@ -64,6 +65,10 @@ class GatewayError(Exception):
             body["retry_after"] = self.retry_after_seconds()
         return body
 
+    def headers(self) -> dict[str, str]:
+        """Headers this error adds to its answer besides Retry-After."""
+        return {}
+
     def retry_after_seconds(self) -> int | None:
         """Whole seconds for the Retry-After header, rounded up so a caller never comes back early."""
         if self.retry_after is None:
@@ -82,6 +87,9 @@ class Unauthenticated(GatewayError):
     type = "unauthenticated"
     title = "Caller key missing or wrong"
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="gateway"'}
+
 
 class Forbidden(GatewayError):
     status = 403
@@ -99,6 +107,15 @@ class NotFound(GatewayError):
     status = 404
     type = "not-found"
     title = "No such entry"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "method-not-allowed"
+    title = "Method not forwarded"
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
 
 
 class PayloadTooLarge(GatewayError):

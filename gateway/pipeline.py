@@ -40,6 +40,7 @@ from gateway.deadletters import ERROR_EXCERPT, KEPT_GATEWAY_STATUSES, WRITES, De
 from gateway.errors import (
     BadRequest,
     CircuitOpen,
+    MethodNotAllowed,
     GatewayError,
     PayloadTooLarge,
     UnknownVendor,
@@ -52,16 +53,12 @@ from gateway.upstream import AttemptFailed, UpstreamClients
 
 log = logging.getLogger("gateway.pipeline")
 
+# TRACE and TRACK would echo the injected credential back to the caller; CONNECT would tunnel.
+REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK = 64 * 1024
-
-
-class MethodNotAllowed(GatewayError):
-    """TRACE would echo the injected credential back to the caller; CONNECT would tunnel."""
-
-    status = 405
-    type = "method-not-allowed"
-    title = "Method not forwarded"
 
 
 @dataclass
@@ -126,11 +123,7 @@ class Pipeline:
         self.jitter = jitter
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        supplied = request.headers.get("X-Request-Id", "")
-        ex = Exchange(
-            request_id=supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex,
-            started=self.clock(),
-        )
+        ex = Exchange(request_id=request_id(request), started=self.clock())
         status = 500
         try:
             policy, target = self.route(ex, request)
@@ -149,6 +142,8 @@ class Pipeline:
             return await self.answer(ex, request, upstream)
         except GatewayError as err:
             status = err.status
+            if err.vendor is None and ex.vendor != "unknown":
+                err.vendor = ex.vendor
             return problem_response(err, ex.request_id, ex.attempts)
         except Exception:
             # A bug of ours must still answer in the contract's shape, and say where to look.
@@ -219,7 +214,7 @@ class Pipeline:
             name = f" {target.vendor!r}" if target else ""
             raise UnknownVendor(f"no vendor{name} is configured at this path")
         ex.vendor = policy.vendor
-        if request.method not in HTTP_METHODS:
+        if request.method in REFUSED_METHODS:
             raise MethodNotAllowed(f"{request.method} is not forwarded", vendor=policy.vendor)
         return policy, target
 
@@ -300,7 +295,11 @@ class Pipeline:
 
     def answer_headers(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
         dropped = hop_by_hop(upstream.headers.getall("Connection", ()))
-        headers = CIMultiDict((name, value) for name, value in upstream.headers.items() if name.lower() not in dropped)
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in upstream.headers.items()
+            if name.lower() not in dropped and not _CONTROL.search(value)  # unsendable: dropped
+        )
         headers["X-Request-Id"] = ex.request_id
         headers["X-Gateway-Attempts"] = str(ex.attempts)
         return headers
@@ -342,6 +341,12 @@ class Pipeline:
         return out
 
 
+def request_id(request: web.BaseRequest) -> str:
+    """The caller's X-Request-Id when it is a sane token, else a new one."""
+    supplied = request.headers.get("X-Request-Id", "")
+    return supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+
+
 def forward_headers(request: web.Request, request_id: str, body: RequestBody) -> CIMultiDict[str]:
     dropped = hop_by_hop(request.headers.getall("Connection", ())) | CALLER_ONLY
     headers = CIMultiDict((name, value) for name, value in request.headers.items() if name.lower() not in dropped)
@@ -375,6 +380,7 @@ def problem_response(err: GatewayError, request_id: str, attempts: int = 0) -> w
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     response.headers["X-Request-Id"] = request_id
+    response.headers.update(err.headers())
     if attempts:
         response.headers["X-Gateway-Attempts"] = str(attempts)
     return response

@@ -121,7 +121,7 @@ def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
 async def _serve_until_signal(settings: Settings, sock: socket.socket | None) -> None:
     # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
     # before prometheus_client is first imported.
-    from gateway.server import build_app
+    from gateway.server import SERVER_OPTIONS, build_app
     from gateway.state import DRAINING
 
     stop = asyncio.Event()
@@ -137,6 +137,7 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket | None) ->
         handle_signals=False,
         shutdown_timeout=settings.config.drain,
         access_log_class=AccessLog,
+        **SERVER_OPTIONS,
     )
     await runner.setup()
     site = web.SockSite(runner, sock)
@@ -151,10 +152,13 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket | None) ->
 def _supervise(settings: Settings) -> int:
     workers: dict[int, int] = {}
     stopping = False
+    listening: list[socket.socket] = []
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        for sock in listening:
+            sock.close()  # no more restarts: new connections must be refused, not queued
         for pid in workers:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -164,6 +168,7 @@ def _supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     sock = bind(settings)
+    listening.append(sock)
     _announce(settings, sock)
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -197,7 +202,8 @@ def _supervise(settings: Settings) -> int:
             if not stopping:
                 log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
                 time.sleep(RESTART_PAUSE)  # a worker that cannot start must not spin the CPU
-                start(index)
+                if not stopping:
+                    start(index)
     finally:
         sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -7,7 +7,6 @@ opened and closed in ``cleanup_ctx``, once per process.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -19,16 +18,21 @@ from gateway.breakers import CircuitBreakers
 from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.credentials import CredentialProvider, static_provider
-from gateway.errors import BadRequest, StorageError
+from gateway.errors import BadRequest, MethodNotAllowed, StorageError
 from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, problem_response
+from gateway.pipeline import Pipeline, problem_response, request_id
 from gateway.sealing import Sealer
 from gateway.storage import open_storage
 from gateway.tokens import TokenProvider
 from gateway.state import DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
 from gateway.upstream import UpstreamClients
 
+
+
+# Request bodies pass to the vendor as sent: aiohttp would otherwise inflate a gzip body
+# while its Content-Encoding header still says gzip.
+SERVER_OPTIONS = {"auto_decompress": False}
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -92,9 +96,11 @@ async def _origin_form_only(
 ) -> web.StreamResponse:
     # An absolute-form (GET http://elsewhere/ HTTP/1.1) or authority-form (CONNECT host:443)
     # target asks for a forward proxy; the router would not even reach the proxy with CONNECT's.
+    if request.method == "CONNECT":
+        return problem_response(MethodNotAllowed("CONNECT is not forwarded"), request_id(request))
     if not request.raw_path.startswith("/"):
         err = BadRequest("absolute-form and authority-form request targets are not accepted")
-        return problem_response(err, uuid.uuid4().hex)
+        return problem_response(err, request_id(request))
     return await handler(request)
 
 

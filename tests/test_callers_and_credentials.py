@@ -108,3 +108,10 @@ async def test_secrets_never_reach_logs_metrics_or_errors(gateway, vendor, caplo
     outputs += [r.getMessage() for r in caplog.records if r.name == "aiohttp.access" and '"GET /x' not in r.getMessage()]
     for output in outputs:
         assert secret not in output and "caller-secret-456" not in output
+
+
+async def test_a_query_credential_keeps_the_rest_of_the_query_byte_for_byte(gateway, vendor):
+    client = await gateway({"vendor": "v", "upstream": vendor.url, "credentials": {"type": "api_key", "query": "api_key", "value": "${S}"}},
+                           env={"S": "k"})
+    await client.get("/v/x?a=1&&b=%20&api%5Fkey=mine")
+    assert vendor.last.raw_path == "/x?a=1&&b=%20&api_key=k"

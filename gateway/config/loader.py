@@ -116,7 +116,7 @@ def _read(path: Path, problems: list[Problem]) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        problems.append(Problem(str(path), 0, "(file)", f"cannot read: {reason}"))
+        problems.append(Problem(str(path), 1, "(file)", f"cannot read: {reason}"))
         return None
     try:
         value, duplicates = read_yaml(text)
@@ -133,6 +133,9 @@ def _read(path: Path, problems: list[Problem]) -> Any:
 
 
 def _build(spec: Spec, raw: Any, ctx: Context, problems: list[Problem]) -> Any:
-    result = spec.build(raw, ctx, "", getattr(raw, "line", 1))
+    try:
+        result = spec.build(raw, ctx, "", getattr(raw, "line", 1))
+    except RecursionError:
+        result = ctx.error(1, "(file)", "nested too deeply")
     problems.extend(ctx.problems)
     return result

@@ -212,7 +212,13 @@ RETRY = Obj(
     {
         "attempts": Field(Int(minimum=1, maximum=20), default=1),
         "on": Field(
-            ListOf(AnyOf(Int(minimum=400, maximum=599), Str(enum=RETRY_WORDS))),
+            ListOf(
+                AnyOf(
+                    Int(minimum=400, maximum=599),
+                    Str(enum=RETRY_WORDS),
+                    message="must be a status from 400 to 599, timeout or connect",
+                )
+            ),
             default=(429, 500, 502, 503, 504, "timeout", "connect"),
         ),
         "backoff": Field(

@@ -81,9 +81,9 @@ class Context:
             target = self.base_dir / target
         try:
             return target.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            self.error(line, path, f"cannot read referenced file {target}: {reason}")
+            self.error(line, path, f"cannot read referenced file {str(target)!r}: {reason}")
             return None
 
 
@@ -169,7 +169,7 @@ class SecretRef(Spec):
         return Secret(resolved, value)
 
     def schema(self) -> dict[str, Any]:
-        return self._schema({"type": "string", "pattern": _REFERENCE.pattern.join("^$")})
+        return self._schema({"type": "string", "pattern": _ecma(_REFERENCE.pattern).join("^$")})
 
 
 class Int(Spec):
@@ -204,9 +204,13 @@ class Number(Spec):
     def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return ctx.error(line, path, f"expected a number, got {_kind(value)}")
-        if self.above is not None and not value > self.above:
-            return ctx.error(line, path, f"must be greater than {self.above}, got {value}")
-        return _bounded(float(value), self.minimum, self.maximum, ctx, path, line)
+        try:
+            number = float(value)
+        except OverflowError:
+            return ctx.error(line, path, f"is out of range: {_short(value)}")
+        if self.above is not None and not number > self.above:
+            return ctx.error(line, path, f"must be greater than {self.above}, got {_short(value)}")
+        return _bounded(number, self.minimum, self.maximum, ctx, path, line)
 
     def schema(self) -> dict[str, Any]:
         body = _bounds({"type": "number"}, self.minimum, self.maximum)
@@ -228,6 +232,7 @@ class Bool(Spec):
         return self._schema({"type": "boolean"})
 
 
+MAX_SECONDS = 10 * 366 * 86400.0  # ten years: anything longer is a typo
 _DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -236,13 +241,16 @@ def parse_duration(value: object) -> float | None:
     """Seconds for ``250ms``, ``10s``, ``5m``, ``1h``, ``1d`` or a plain number; None if malformed."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    if isinstance(value, str):
-        m = _DURATION.fullmatch(value.strip())
-        if m:
-            return float(m.group("n")) * _DURATION_UNITS[m.group("unit")]
-    return None
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+            seconds = float(m.group("n")) * _DURATION_UNITS[m.group("unit")]
+        else:
+            return None
+    except OverflowError:
+        return None
+    return seconds if 0 <= seconds <= MAX_SECONDS else None
 
 
 class Duration(Spec):
@@ -265,12 +273,13 @@ class Duration(Spec):
             {
                 "oneOf": [
                     {"type": "number", "minimum": 0},
-                    {"type": "string", "pattern": _DURATION.pattern.join("^$")},
+                    {"type": "string", "pattern": _ecma(_DURATION.pattern).join("^$")},
                 ]
             }
         )
 
 
+MAX_SIZE = 1024**4
 _SIZE = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>B|KB|MB|GB|TB)", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 
@@ -279,17 +288,26 @@ class Size(Spec):
     description = "bytes, or a size such as 512KB, 10MB, 1GB (units of 1024)"
 
     def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
+        size: int | None = None
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if isinstance(value, str):
-            m = _SIZE.fullmatch(value.strip())
-            if m:
-                return int(float(m.group("n")) * _SIZE_UNITS[m.group("unit").lower()])
-        return ctx.error(line, path, f"expected a size such as 512KB or 10MB, got {value!r}")
+            size = value
+        elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+            try:
+                size = int(float(m.group("n")) * _SIZE_UNITS[m.group("unit").lower()])
+            except (OverflowError, ValueError):
+                size = None
+        if size is None or size > MAX_SIZE:
+            return ctx.error(line, path, f"expected a size such as 512KB or 10MB (at most 1TB), got {_short(value)}")
+        return size
 
     def schema(self) -> dict[str, Any]:
         return self._schema(
-            {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern.join("^$")}]}
+            {
+                "oneOf": [
+                    {"type": "integer", "minimum": 0},
+                    {"type": "string", "pattern": r"^\d+(?:\.\d+)?\s*(?:[bB]|[kKmMgGtT][bB])$"},
+                ]
+            }
         )
 
 
@@ -347,17 +365,18 @@ class ListOf(Spec):
 class AnyOf(Spec):
     """The first of several specs that accepts the value; the last one's problem otherwise."""
 
-    def __init__(self, *options: Spec, description: str = "") -> None:
+    def __init__(self, *options: Spec, message: str, description: str = "") -> None:
         self.options = options
+        self.message = message
         self.description = description
 
     def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
-        for option in self.options[:-1]:
+        for option in self.options:
             trial = Context(ctx.file, ctx.environ, ctx.base_dir)
             result = option.build(value, trial, path, line)
             if result is not INVALID:
                 return result
-        return self.options[-1].build(value, ctx, path, line)
+        return ctx.error(line, path, f"{self.message}, got {_short(value)}")
 
     def schema(self) -> dict[str, Any]:
         return self._schema({"anyOf": [o.schema() for o in self.options]})
@@ -470,7 +489,7 @@ class Tagged(Spec):
         if not isinstance(value, LineDict):
             return ctx.error(line, path, f"expected a mapping, got {_kind(value)}")
         kind = value.get(self.tag, self.default)
-        if kind not in self.variants:
+        if not isinstance(kind, str) or kind not in self.variants:
             return ctx.error(
                 value.lines.get(self.tag, value.line),
                 _join(path, self.tag),
@@ -490,6 +509,16 @@ class Tagged(Spec):
                 sub["required"] = [self.tag, *sub.get("required", [])]
             options.append(sub)
         return self._schema({"type": "object", "oneOf": options})
+
+
+def _ecma(pattern: str) -> str:
+    """A Python regex as JSON Schema (ECMA-262) takes it: named groups made plain."""
+    return re.sub(r"\(\?P<\w+>", "(?:", pattern)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _join(path: str, name: str) -> str:
@@ -512,9 +541,9 @@ def _kind(value: object) -> str:
 
 def _bounded(value: Any, minimum: Any, maximum: Any, ctx: Context, path: str, line: int) -> Any:
     if minimum is not None and value < minimum:
-        return ctx.error(line, path, f"must be at least {minimum}, got {value}")
+        return ctx.error(line, path, f"must be at least {minimum}, got {_short(value)}")
     if maximum is not None and value > maximum:
-        return ctx.error(line, path, f"must be at most {maximum}, got {value}")
+        return ctx.error(line, path, f"must be at most {maximum}, got {_short(value)}")
     return value
 
 

@@ -56,7 +56,7 @@ def check_path(raw_path: str) -> None:
     text = raw_path
     for _ in range(_MAX_DECODES + 1):
         _check_form(text)
-        decoded = unquote_to_bytes(text).decode("latin-1")
+        decoded = unquote_to_bytes(text.encode("latin-1")).decode("latin-1")
         if decoded == text:
             return
         text = decoded
