@@ -13,8 +13,11 @@ One TokenProvider per vendor. Its states::
   across processes a storage lock with a fencing token lets one refresh at a time, and
   whoever takes the lock re-reads the store first, since another process may have just
   refreshed.
-- A rotated refresh token is stored (under the lock, fenced) before the lock is
-  released, and used from then on; a restart reads it back instead of the configured one.
+- A rotated refresh token is adopted at once, then stored before the lock is released,
+  compare-and-set against what was read (a holder whose lock expired while it paused
+  cannot overwrite a newer chain). A token that could not be stored stays in the process
+  and is stored at its next refresh. A restart reads the chain back, not the configured
+  (dead) refresh token; with the store down, only a chain the process holds is used.
 - ``invalid_grant`` may only mean that another process rotated the refresh token a moment
   ago: the store is re-read before the credential is declared dead.
 """
@@ -47,6 +50,7 @@ log = logging.getLogger("gateway.tokens")
 
 LOCK_TTL = 15.0  # longer than a token request may take (TOKEN_TIMEOUT)
 TOKEN_TIMEOUT = 10.0
+FORCED_REFRESH_GAP = 30.0  # a token fetched after a 401 is not replaced again within this
 POLL = 0.05  # how often a process waiting for another's refresh looks at the store
 
 
@@ -81,6 +85,7 @@ class TokenProvider:
         self._retry_at = 0.0
         self._last_error: str | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._forced: tuple[str, float] = ("", 0.0)  # the last token fetched because of a 401, and when
 
     # -- what the pipeline calls ------------------------------------------------------
 
@@ -92,12 +97,16 @@ class TokenProvider:
     async def rejected(self, headers: CIMultiDict[str]) -> bool:
         """The vendor answered 401 to ``headers``' token: refresh once; True if a retry may help."""
         sent = headers.get("Authorization", "").removeprefix("Bearer ")
-        if self._token is not None and self._token.access_token == sent:
-            self._token = None
+        now = self._clock()
+        if sent == self._forced[0] and now - self._forced[1] < FORCED_REFRESH_GAP:
+            # A token fetched because of a 401 moments ago is refused too: the vendor means
+            # something else (a missing scope, say). Refreshing again would only burn grants.
+            return False
         try:
-            await self._refresh(stale=sent)
+            record = await self._refresh(stale=sent)
         except CredentialsUnavailable:
             return False
+        self._forced = (record.access_token, now)
         return True
 
     def status(self) -> dict[str, Any]:
@@ -138,6 +147,10 @@ class TokenProvider:
                 await self._refresh()
             except CredentialsUnavailable:
                 pass  # logged and counted where it failed; _retry_at paces the next try
+            except Exception:
+                # The keeper must outlive any surprise, or tokens would only be fetched on demand.
+                log.exception("%s: token keeper failed; trying again shortly", self.vendor)
+                await self._sleep(POLL * 20)
 
     # -- refreshing --------------------------------------------------------------------
 
@@ -163,20 +176,34 @@ class TokenProvider:
 
     async def _refresh_once(self, stale: str | None) -> TokenRecord:
         try:
-            fence = await self._take_lock(stale)
+            return await self._refresh_shared(stale)
         except StorageError as exc:
-            # Without the shared store we cannot coordinate; a token now beats an outage.
-            log.warning("%s: refreshing without the shared lock: %s", self.vendor, exc)
-            return await self._exchange_and_keep(None, stale)
+            log.warning("%s: shared token store unavailable: %s", self.vendor, exc)
+            return await self._refresh_alone(stale, exc)
+
+    async def _refresh_shared(self, stale: str | None) -> TokenRecord:
+        fence = await self._take_lock(stale)
         if isinstance(fence, TokenRecord):
             return fence
         try:
-            return await self._exchange_and_keep(fence, stale)
+            return await self._exchange_and_keep(stale)
         finally:
             try:
                 await self._storage.unlock_refresh(self.vendor, fence)
             except StorageError as exc:
                 log.warning("%s: refresh lock not released (it expires by itself): %s", self.vendor, exc)
+
+    async def _refresh_alone(self, stale: str | None, cause: StorageError) -> TokenRecord:
+        """Storage is down. Refresh only from a chain this process holds: the configured
+        refresh token may be dead already, and replaying a rotated-out refresh token can get
+        the whole chain revoked (RFC 9700 4.14.2). The new token is stored later."""
+        own = self._token
+        if self._uses_refresh_token() and (own is None or not own.refresh_token):
+            raise self._fail(TokenEndpointError(f"shared token store unavailable ({cause})", refused=False))
+        record = await self._exchange_or_fail(own.refresh_token if own else None, stored=None)
+        self._adopt(record)
+        self._refreshed(record)
+        return record
 
     async def _take_lock(self, stale: str | None) -> int | TokenRecord:
         """Our fence, or the fresh record another process stored while we waited."""
@@ -185,34 +212,47 @@ class TokenProvider:
             fence = await self._storage.lock_refresh(self.vendor, LOCK_TTL)
             if fence is not None:
                 return fence
-            fresh = await self._read_fresh(stale)
+            raw = await self._storage.get_token(self.vendor)
+            fresh = self._fresh(self._open(raw), stale)
             if fresh is not None:
+                self._adopt(fresh)
                 return fresh
             if self._clock() > deadline:
                 raise self._fail(TokenEndpointError("another process's token refresh did not finish", refused=False))
             await self._sleep(POLL)
 
-    async def _read_fresh(self, stale: str | None) -> TokenRecord | None:
-        """The stored record, adopted, if it is not due for refresh and not the rejected one."""
-        record = await self._read()
-        now = self._clock()
-        if record is None or record.access_token == stale or record.due(now, self.spec.refresh_before):
+    def _fresh(self, record: TokenRecord | None, stale: str | None) -> TokenRecord | None:
+        """``record`` if it is neither due for refresh nor the token the vendor rejected."""
+        if record is None or record.access_token == stale or record.due(self._clock(), self.spec.refresh_before):
             return None
-        self._adopt(record)
         return record
 
-    async def _exchange_and_keep(self, fence: int | None, stale: str | None) -> TokenRecord:
-        stored = None
-        if fence is not None:
-            fresh = await self._read_fresh(stale)  # another process may have refreshed already
-            if fresh is not None:
-                return fresh
-            stored = await self._read()
-        refresh_token = self._refresh_token(stored)
+    async def _exchange_and_keep(self, stale: str | None) -> TokenRecord:
+        """Under the lock: adopt what another process stored, or refresh and store."""
+        raw = await self._storage.get_token(self.vendor)
+        stored = self._open(raw)
+        fresh = self._fresh(stored, stale)
+        if fresh is not None:  # another process refreshed already
+            self._adopt(fresh)
+            return fresh
+        newest = self._newest(stored)
+        if newest is self._token and self._fresh(newest, stale) is not None:
+            assert newest is not None  # ours is newer than the store (it could not be saved before)
+            await self._save(newest, raw)
+            return newest
+        record = await self._exchange_or_fail(newest.refresh_token if newest else None, stored=stored)
+        # Adopted before it is stored: a rotated refresh token must never exist only in flight.
+        self._adopt(record)
+        await self._save(record, raw)
+        self._refreshed(record)
+        return record
+
+    async def _exchange_or_fail(self, known_refresh: str | None, stored: TokenRecord | None) -> TokenRecord:
+        refresh_token = self._refresh_token(known_refresh)
         try:
-            record = await self._exchange(refresh_token)
+            return await self._exchange(refresh_token)
         except TokenEndpointError as exc:
-            if exc.refused and fence is not None:
+            if exc.refused:
                 # A refresh token another process rotated a moment ago is refused too: if the
                 # store moved on since we read it, that is a lost race, not a dead credential.
                 again = await self._read()
@@ -220,25 +260,42 @@ class TokenProvider:
                     self._adopt(again)
                     return again
             raise self._fail(exc) from None
-        if fence is not None:
-            value = self._sealer.seal(orjson.dumps(record.to_json()))
-            if not await self._storage.put_token(self.vendor, value, fence):
-                log.warning("%s: refresh lock expired before the new token was stored", self.vendor)
-        self._adopt(record)
+
+    def _newest(self, stored: TokenRecord | None) -> TokenRecord | None:
+        """The latest link of the chain this process knows: the store's or its own."""
+        own = self._token
+        if own is None or (stored is not None and stored.issued_at >= own.issued_at):
+            return stored
+        return own
+
+    async def _save(self, record: TokenRecord, previous: bytes | None) -> None:
+        """Store ``record`` unless the store changed since ``previous`` was read."""
+        value = self._sealer.seal(orjson.dumps(record.to_json()))
+        try:
+            if not await self._storage.put_token(self.vendor, value, previous):
+                log.warning("%s: another process stored a token meanwhile; ours stays in this process", self.vendor)
+        except StorageError as exc:
+            log.warning("%s: new token not stored (%s); kept here and stored at the next refresh", self.vendor, exc)
+
+    def _refreshed(self, record: TokenRecord) -> None:
         self._metrics.credential_refreshes.labels(self.vendor, "ok").inc()
         log.info("%s: access token refreshed, valid for %.0fs", self.vendor, record.expires_at - record.issued_at)
-        return record
 
-    def _refresh_token(self, stored: TokenRecord | None) -> str | None:
-        if not isinstance(self.spec, OAuth2) or self.spec.grant != "refresh_token":
+    def _uses_refresh_token(self) -> bool:
+        return isinstance(self.spec, OAuth2) and self.spec.grant == "refresh_token"
+
+    def _refresh_token(self, known: str | None) -> str | None:
+        if not self._uses_refresh_token():
             return None
-        if stored is not None and stored.refresh_token:
-            return stored.refresh_token
-        assert self.spec.refresh_token is not None
+        if known:
+            return known
+        assert isinstance(self.spec, OAuth2) and self.spec.refresh_token is not None
         return self.spec.refresh_token.reveal()
 
     async def _read(self) -> TokenRecord | None:
-        raw = await self._storage.get_token(self.vendor)
+        return self._open(await self._storage.get_token(self.vendor))
+
+    def _open(self, raw: bytes | None) -> TokenRecord | None:
         if raw is None:
             return None
         opened = self._sealer.open(raw)

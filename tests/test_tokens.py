@@ -6,6 +6,7 @@ import time
 
 import aiohttp
 import jwt
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -14,7 +15,8 @@ from multidict import CIMultiDict
 
 from gateway.config.model import OAuth2
 from gateway.config.spec import Secret
-from gateway.errors import CredentialsUnavailable
+from gateway.core.tokens import TokenRecord
+from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics
 from gateway.sealing import Sealer
 from gateway.storage.memory import MemoryStorage
@@ -259,3 +261,70 @@ async def test_a_failing_token_endpoint_does_not_touch_callers_while_the_token_i
     assert len(auth.requests) >= 3 and auth.rejected_401 == 0
     text = await (await client.get("/metrics")).text()
     assert 'gateway_credential_refreshes_total{result="error",vendor="crm"} 1.0' in text
+
+
+class FlakyStorage(MemoryStorage):
+    """Memory storage whose token calls can be made to fail, like a Redis blip."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.down = False
+        self.fail_puts = 0
+
+    async def get_token(self, vendor):
+        if self.down:
+            raise StorageError("redis read failed: ConnectionError")
+        return await super().get_token(vendor)
+
+    async def lock_refresh(self, vendor, ttl):
+        if self.down:
+            raise StorageError("redis lock failed: ConnectionError")
+        return await super().lock_refresh(vendor, ttl)
+
+    async def put_token(self, vendor, value, previous):
+        if self.down or self.fail_puts:
+            self.fail_puts = max(0, self.fail_puts - 1)
+            raise StorageError("redis write failed: TimeoutError")
+        return await super().put_token(vendor, value, previous)
+
+
+def refresh_spec(auth):
+    return OAuth2(
+        grant="refresh_token", token_url=auth.url + "/token", client_id="client-1",
+        client_secret=Secret("client-secret-1", "${S}"), refresh_token=Secret("refresh-0", "${R}"),
+        scope=None, auth_method="client_secret_post", refresh_before=1.0,
+    )
+
+
+async def test_a_store_failure_after_a_rotation_does_not_lose_the_chain(tmp_path, auth):
+    storage = FlakyStorage(tmp_path)
+    async with aiohttp.ClientSession() as session:
+        provider = TokenProvider("crm", refresh_spec(auth), storage, session, Sealer(None), Metrics())
+        storage.fail_puts = 1
+        headers: CIMultiDict[str] = CIMultiDict()
+        await provider.apply(headers, None)  # refresh-0 -> refresh-1, not stored
+        await provider.rejected(headers)  # the vendor refuses it: the next link comes from refresh-1
+        assert [r["refresh_token"] for r in auth.requests] == ["refresh-0", "refresh-1"]
+        stored = TokenRecord.from_json(orjson.loads(Sealer(None).open(await storage.get_token("crm"))))
+        assert stored.refresh_token in auth.live_refresh_tokens
+
+
+async def test_with_the_store_down_the_configured_refresh_token_is_not_replayed(tmp_path, auth):
+    storage = FlakyStorage(tmp_path)
+    storage.down = True
+    async with aiohttp.ClientSession() as session:
+        provider = TokenProvider("crm", refresh_spec(auth), storage, session, Sealer(None), Metrics())
+        with pytest.raises(CredentialsUnavailable) as info:
+            await provider.apply(CIMultiDict(), None)
+        assert info.value.retry_after is not None and info.value.retry_after <= 1
+        assert auth.requests == []
+
+
+async def test_a_vendor_that_refuses_every_token_does_not_get_a_refresh_per_request(gateway, auth, vendor):
+    policy = oauth_policy(auth)
+    policy["upstream"] = vendor.url
+    vendor.script(*([401] * 40))
+    client = await gateway(policy, env=ENV)
+    statuses = [(await client.get("/crm/x")).status for _ in range(20)]
+    assert statuses == [401] * 20
+    assert len(auth.requests) == 2  # the first token, and one refresh after the first 401

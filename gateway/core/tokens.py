@@ -85,6 +85,8 @@ def parse_token_response(status: int, body: object, now: float, previous_refresh
     if not isinstance(token, str) or not token:
         raise TokenEndpointError("token endpoint answered 200 without an access_token", refused=False)
     expires_in = body.get("expires_in")
+    if isinstance(expires_in, str) and expires_in.isdigit():
+        expires_in = int(expires_in)  # some vendors send it as a string
     lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else DEFAULT_LIFETIME
     rotated = body.get("refresh_token")
     return TokenRecord(

@@ -30,8 +30,8 @@ class Storage(Protocol):
 
     async def get_token(self, vendor: str) -> bytes | None: ...
 
-    async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
-        """Store the vendor's sealed token record if the lock is still ours."""
+    async def put_token(self, vendor: str, value: bytes, previous: bytes | None) -> bool:
+        """Store the vendor's sealed token record if the stored one is still ``previous``."""
 
     async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int: ...
 

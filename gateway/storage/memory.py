@@ -56,8 +56,8 @@ class MemoryStorage:
             self._tokens[vendor] = stored
         return self._tokens[vendor]
 
-    async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
-        if self._locks.get(vendor, (None, 0.0))[0] != fence:
+    async def put_token(self, vendor: str, value: bytes, previous: bytes | None) -> bool:
+        if await self.get_token(vendor) != previous:
             return False
         self._tokens[vendor] = value
         await self._store().put(f"token:{vendor}", value)

@@ -45,7 +45,7 @@ class RedisStorage:
         )
         self._lock = self.client.register_script(_script("lock.lua"))
         self._unlock = self.client.register_script(_script("unlock.lua"))
-        self._put_fenced = self.client.register_script(_script("put_fenced.lua"))
+        self._put_if_unchanged = self.client.register_script(_script("put_if_unchanged.lua"))
         self._breaker = self.client.register_script(_script("breaker.lua"))
 
     async def _call(self, what: str, operation: Any) -> Any:
@@ -69,9 +69,9 @@ class RedisStorage:
         value = await self._call("read", self.client.get(key(vendor, "token")))
         return bytes(value) if value is not None else None
 
-    async def put_token(self, vendor: str, value: bytes, fence: int) -> bool:
-        keys = [key(vendor, "refresh-lock"), key(vendor, "token")]
-        return bool(await self._call("write", self._put_fenced(keys=keys, args=[fence, value])))
+    async def put_token(self, vendor: str, value: bytes, previous: bytes | None) -> bool:
+        args = [value, previous or b""]
+        return bool(await self._call("write", self._put_if_unchanged(keys=[key(vendor, "token")], args=args)))
 
     async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int:
         return (await self.breaker_call(vendor, config, "peek")).state
