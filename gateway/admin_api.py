@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     GatewayError,
     NotFound,
@@ -29,6 +30,7 @@ from gateway.storage import Storage
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 MAX_PAGE = 500
+REPLAY_CLAIM = 600.0  # seconds a replay holds its entry; longer than any replay's attempts
 
 
 def _admin(handler: Handler) -> Handler:
@@ -110,11 +112,17 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         raise NotFound(f"no dead letter {request.match_info['id']!r}")
     if entry.body is None and entry.method in ("POST", "PUT", "PATCH"):
         raise BadRequest("this entry's body was streamed (over 1 MiB) and not kept: it cannot be replayed")
-    delivery = await pipeline.replay(entry)
-    result = {"id": entry.id, "status": delivery.status, "attempts": delivery.attempts}
-    if delivery.status < 400:
-        await storage.delete_dead_letter(entry.id)
-        await pipeline.dead_letters.count(entry.vendor)
-        return _json({**result, "outcome": "delivered"})
-    await storage.put_dead_letter(entry.failed_again(delivery.status, delivery.error, delivery.attempts, time.time()))
-    return _json({**result, "outcome": "failed", "error": delivery.error})
+    if not await storage.claim_dead_letter(entry.id, REPLAY_CLAIM):
+        raise Conflict(f"dead letter {entry.id!r} is being replayed already")
+    try:
+        delivery = await pipeline.replay(entry)
+        result = {"id": entry.id, "status": delivery.status, "attempts": delivery.attempts}
+        if delivery.status < 400:
+            await storage.delete_dead_letter(entry.id)
+            await pipeline.dead_letters.count(entry.vendor)
+            return _json({**result, "outcome": "delivered"})
+        again = entry.failed_again(delivery.status, delivery.error, delivery.attempts, time.time())
+        await storage.update_dead_letter(again)
+        return _json({**result, "outcome": "failed", "error": delivery.error})
+    finally:
+        await storage.release_dead_letter(entry.id)

@@ -9,6 +9,7 @@ The hierarchy::
     ├── UnknownVendor                 404 unknown-vendor: no policy for the prefix
     ├── NotFound                      404 not-found: no such dead letter (admin API)
     ├── MethodNotAllowed              405 method-not-allowed: TRACE, TRACK, CONNECT
+    ├── Conflict                      409 replay-in-progress: a dead letter is being replayed
     ├── PayloadTooLarge               413 payload-too-large: body over max_body
     ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
     ├── UpstreamUnavailable           502 upstream-unavailable: connection failed
@@ -116,6 +117,12 @@ class MethodNotAllowed(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "replay-in-progress"
+    title = "Already being replayed"
 
 
 class PayloadTooLarge(GatewayError):

@@ -176,6 +176,7 @@ class Pipeline:
         try:
             body = await upstream.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self.dead_letters.keep(ex, out, upstream.status, f"upstream {upstream.status} (answer broke off)")
             raise UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor) from None
         finally:
             upstream.release()

@@ -203,3 +203,29 @@ async def test_the_dead_letters_command_lists_and_replays(gateway_process, vendo
     assert "401" in (await asyncio.to_thread(command, "list", key="wrong")).stderr
     replayed = await asyncio.to_thread(command, "replay", entry_id)
     assert replayed.returncode == 0 and f"{entry_id}: delivered (200, 1 attempt(s))" in replayed.stdout
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_a_dead_letter_is_replayed_once_at_a_time_and_stays_deleted(gateway, vendor, redis_server, storage):
+    config = {"admin_key": "${ADMIN}", "storage": redis_server.url if storage == "redis" else "memory"}
+    client = await gateway(policy(vendor, dead_letter=True), config=config, env=ADMIN_ENV)
+    vendor.script(500)
+    await client.post("/v/orders", data=b"1")
+    [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
+    url = f"/_gateway/dead-letters/{entry['id']}"
+
+    async def slow_failure(request):
+        await asyncio.sleep(0.3)
+        from aiohttp import web
+
+        return web.Response(status=500)
+
+    vendor.script(slow_failure)
+    first = asyncio.create_task(client.post(url + "/replay", headers=ADMIN))
+    await asyncio.sleep(0.1)
+    second = await client.post(url + "/replay", headers=ADMIN)
+    assert second.status == 409 and (await second.json())["type"] == "replay-in-progress"
+    assert (await client.delete(url, headers=ADMIN)).status == 204  # deleted while the replay runs
+    assert (await (await first).json())["outcome"] == "failed"
+    assert (await client.get(url, headers=ADMIN)).status == 404
+    assert len(vendor.received) == 2

@@ -106,8 +106,16 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits_0(gateway_proce
     assert "draining" in output
 
 
-async def test_workers_share_the_port_and_metrics_report_the_sum(gateway_process, vendor):
-    gw = gateway_process({"vendor": "v", "upstream": vendor.url}, config={"workers": 2})
+def test_workers_need_shared_storage(tmp_path):
+    config, _ = write_setup(tmp_path, [{"vendor": "a", "upstream": "https://a.example"}], {"workers": 2})
+    result = run("check", "--config", str(config))
+    assert result.returncode == 1 and f"{config}:2: workers: workers > 1 needs shared storage" in result.stdout
+    served = run("serve", "--config", str(config))
+    assert served.returncode == 1 and "use storage: redis://" in served.stderr
+
+
+async def test_workers_share_the_port_and_metrics_report_the_sum(gateway_process, vendor, redis_server):
+    gw = gateway_process({"vendor": "v", "upstream": vendor.url}, config={"workers": 2, "storage": redis_server.url})
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         statuses = await asyncio.gather(*(_status(session, gw.url + "/v/x") for _ in range(40)))
         assert statuses == [200] * 40

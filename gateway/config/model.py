@@ -523,6 +523,12 @@ class Config:
 
 
 def _check_config(c: dict[str, Any], r: Reporter) -> None:
+    if c["workers"] > 1 and c["storage"] == "memory":
+        r.error(
+            "workers",
+            "workers > 1 needs shared storage: with storage: memory each process would keep its own "
+            "budgets, breaker and tokens (and race to rotate refresh tokens); use storage: redis://...",
+        )
     names: set[str] = set()
     keys: set[str] = set()
     raw_callers = r.value.get("callers")

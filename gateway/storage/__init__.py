@@ -44,6 +44,14 @@ class Storage(Protocol):
 
     async def get_dead_letter(self, entry_id: str) -> DeadLetter | None: ...
 
+    async def update_dead_letter(self, entry: DeadLetter) -> bool:
+        """Replace an entry that still exists (one deleted meanwhile stays deleted)."""
+
+    async def claim_dead_letter(self, entry_id: str, seconds: float) -> bool:
+        """Mark an entry as being replayed; False if another replay holds it."""
+
+    async def release_dead_letter(self, entry_id: str) -> None: ...
+
     async def delete_dead_letter(self, entry_id: str) -> bool: ...
 
     async def list_dead_letters(self, vendor: str | None, after: str, limit: int) -> list[DeadLetter]:

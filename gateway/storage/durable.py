@@ -24,7 +24,8 @@ class LocalStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS dead_letters (id TEXT PRIMARY KEY, vendor TEXT NOT NULL, data BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS dead_letters (id TEXT PRIMARY KEY, vendor TEXT NOT NULL, data BLOB NOT NULL,"
+            " claimed_until REAL NOT NULL DEFAULT 0)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS dead_letters_vendor ON dead_letters (vendor, id)")
         self._lock = asyncio.Lock()
@@ -49,6 +50,20 @@ class LocalStore:
         await self._run(
             "INSERT OR REPLACE INTO dead_letters (id, vendor, data) VALUES (?, ?, ?)", (entry_id, vendor, data)
         )
+
+    async def update_entry(self, entry_id: str, data: bytes) -> bool:
+        rows = await self._run("UPDATE dead_letters SET data = ? WHERE id = ? RETURNING id", (data, entry_id))
+        return bool(rows)
+
+    async def claim_entry(self, entry_id: str, now: float, until: float) -> bool:
+        rows = await self._run(
+            "UPDATE dead_letters SET claimed_until = ? WHERE id = ? AND claimed_until <= ? RETURNING id",
+            (until, entry_id, now),
+        )
+        return bool(rows)
+
+    async def release_entry(self, entry_id: str) -> None:
+        await self._run("UPDATE dead_letters SET claimed_until = 0 WHERE id = ?", (entry_id,))
 
     async def get_entry(self, entry_id: str) -> bytes | None:
         rows = await self._run("SELECT data FROM dead_letters WHERE id = ?", (entry_id,))

@@ -75,6 +75,16 @@ class MemoryStorage:
     async def put_dead_letter(self, entry: DeadLetter) -> None:
         await self._store().put_entry(entry.id, entry.vendor, entry.to_json())
 
+    async def update_dead_letter(self, entry: DeadLetter) -> bool:
+        return await self._store().update_entry(entry.id, entry.to_json())
+
+    async def claim_dead_letter(self, entry_id: str, seconds: float) -> bool:
+        now = time.time()
+        return await self._store().claim_entry(entry_id, now, now + seconds)
+
+    async def release_dead_letter(self, entry_id: str) -> None:
+        await self._store().release_entry(entry_id)
+
     async def get_dead_letter(self, entry_id: str) -> DeadLetter | None:
         raw = await self._store().get_entry(entry_id)
         return DeadLetter.from_json(raw) if raw is not None else None

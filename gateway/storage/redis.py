@@ -47,6 +47,7 @@ class RedisStorage:
         self._unlock = self.client.register_script(_script("unlock.lua"))
         self._put_if_unchanged = self.client.register_script(_script("put_if_unchanged.lua"))
         self._breaker = self.client.register_script(_script("breaker.lua"))
+        self._update_entry = self.client.register_script(_script("update_entry.lua"))
 
     async def _call(self, what: str, operation: Any) -> Any:
         try:
@@ -108,6 +109,17 @@ class RedisStorage:
         pipe.zadd(self._index(None), {entry.id: 0})
         pipe.zadd(self._index(entry.vendor), {entry.id: 0})
         await self._call("write", pipe.execute())
+
+    async def update_dead_letter(self, entry: DeadLetter) -> bool:
+        keys = [self._ENTRIES]
+        return bool(await self._call("write", self._update_entry(keys=keys, args=[entry.id, entry.to_json()])))
+
+    async def claim_dead_letter(self, entry_id: str, seconds: float) -> bool:
+        claim = f"gateway:{{dead-letters}}:claim:{entry_id}"
+        return bool(await self._call("write", self.client.set(claim, 1, nx=True, px=int(seconds * 1000))))
+
+    async def release_dead_letter(self, entry_id: str) -> None:
+        await self._call("write", self.client.delete(f"gateway:{{dead-letters}}:claim:{entry_id}"))
 
     async def get_dead_letter(self, entry_id: str) -> DeadLetter | None:
         raw = await self._call("read", self.client.hget(self._ENTRIES, entry_id))
