@@ -64,11 +64,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Both gauges mirror shared state that any worker may update: with workers the
+        # value last written by any of them is the true one.
         self.circuit_state = Gauge(
             "gateway_circuit_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             ["vendor"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemostrecent",
             registry=self.registry,
         )
 
@@ -76,7 +78,7 @@ class Metrics:
             "gateway_dead_letters",
             "Dead letters kept, per vendor",
             ["vendor"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemostrecent",
             registry=self.registry,
         )
 
