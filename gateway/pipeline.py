@@ -169,19 +169,21 @@ class Pipeline:
         self, ex: Exchange, request: web.Request, out: Outgoing, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         """A failed write: keep it, with an excerpt of the vendor's error, then answer."""
-        length = upstream.content_length
-        if length is not None and length > REPLAY_LIMIT:
-            await self.dead_letters.keep(ex, out, upstream.status, f"upstream {upstream.status} (body not kept)")
-            return await self.answer(ex, request, upstream)
+        head = bytearray()
         try:
-            body = await upstream.read()
+            while len(head) <= REPLAY_LIMIT and (chunk := await upstream.content.readany()):
+                head += chunk
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            upstream.close()
             await self.dead_letters.keep(ex, out, upstream.status, f"upstream {upstream.status} (answer broke off)")
             raise UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor) from None
-        finally:
-            upstream.release()
-        await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, body))
-        return web.Response(status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=body)
+        await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, bytes(head)))
+        if len(head) > REPLAY_LIMIT:  # a long error answer: the rest streams behind what was read
+            return await self.answer(ex, request, upstream, bytes(head))
+        upstream.release()
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=bytes(head)
+        )
 
     async def replay(self, entry: DeadLetter) -> Delivery:
         """Send a dead letter again through the attempts, with today's credentials."""
@@ -305,11 +307,15 @@ class Pipeline:
         headers["X-Gateway-Attempts"] = str(ex.attempts)
         return headers
 
-    async def answer(self, ex: Exchange, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """Stream the vendor's answer to the caller; nothing is retried once bytes went out."""
+    async def answer(
+        self, ex: Exchange, request: web.Request, upstream: aiohttp.ClientResponse, head: bytes = b""
+    ) -> web.StreamResponse:
+        """Stream the vendor's answer to the caller (``head``: its first bytes, read already);
+        nothing is retried once bytes went out."""
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream))
         length = upstream.content_length
-        if length is not None and length <= _CHUNK and request.method != "HEAD" and upstream.status not in (204, 304):
+        small = length is not None and length <= _CHUNK and not head
+        if small and request.method != "HEAD" and upstream.status not in (204, 304):
             # A small answer goes out whole: one write instead of headers, body and end.
             try:
                 body = await upstream.read()
@@ -322,6 +328,8 @@ class Pipeline:
             return web.Response(status=upstream.status, reason=upstream.reason, headers=out.headers, body=body)
         try:
             await out.prepare(request)
+            if head:
+                await out.write(head)
             async for chunk in upstream.content.iter_chunked(_CHUNK):
                 await out.write(chunk)
             await out.write_eof()

@@ -229,3 +229,23 @@ async def test_a_dead_letter_is_replayed_once_at_a_time_and_stays_deleted(gatewa
     assert (await (await first).json())["outcome"] == "failed"
     assert (await client.get(url, headers=ADMIN)).status == 404
     assert len(vendor.received) == 2
+
+
+async def test_a_long_error_answer_to_a_write_is_kept_and_streamed_whole(gateway, vendor):
+    client = await gateway(policy(vendor, dead_letter=True), config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+
+    async def failing_stream(request):
+        from aiohttp import web
+
+        out = web.StreamResponse(status=500)
+        await out.prepare(request)  # chunked: no length known up front
+        for _ in range(30):
+            await out.write(b"e" * 100_000)
+        await out.write_eof()
+        return out
+
+    vendor.script(failing_stream)
+    response = await client.post("/v/x", data=b"1")
+    assert response.status == 500 and len(await response.read()) == 3_000_000
+    [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
+    assert entry["error"].startswith("upstream 500: eeee") and len(entry["error"]) < 2100
