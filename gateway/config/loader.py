@@ -42,6 +42,8 @@ def load_settings(
 ) -> Settings:
     problems: list[Problem] = []
     raw = _read(Path(config_file), problems) if config_file is not None else LineDict()
+    if raw is None:  # the config file itself is unreadable: where the policies are is unknown
+        raise ConfigError(problems)
     base = Path(config_file).parent if config_file else Path.cwd()
     if overrides.policies:
         folder, origin = Path(overrides.policies), Problem("--policies", 1, "policies", "")
@@ -51,9 +53,7 @@ def load_settings(
         line = raw.lines.get("policies", 1) if isinstance(raw, LineDict) else 1
         origin = Problem(config_file or "(defaults)", line, "policies", "")
     policies = _load_policies(folder, origin, environ, problems)
-    config = None
-    if raw is not None:
-        config = _load_config(raw, config_file, base, environ, overrides, folder, frozenset(policies), problems)
+    config = _load_config(raw, config_file, base, environ, overrides, folder, frozenset(policies), problems)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.file, p.line)))
     assert config is not None

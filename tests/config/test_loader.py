@@ -205,3 +205,10 @@ def test_hostile_values_are_problems_not_crashes(tmp_path):
     found = problems(tmp_path)
     assert found and all(": " in p for p in found)
     assert not any("b.yaml:5" in p for p in found)  # 12:30 is a string in YAML 1.2
+
+
+def test_an_unreadable_config_file_is_the_only_problem_reported(tmp_path):
+    config = write(tmp_path, "gateway.yaml", "listen: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(config), {}, Overrides())
+    assert len(info.value.problems) == 1 and "(yaml): invalid YAML" in str(info.value.problems[0])
