@@ -7,8 +7,9 @@ One TokenProvider per vendor. Its states::
       └──refused/failed──┴──────────────────────────┴──> failing (503 at once while no
                                                           valid token; retried with backoff)
 
-- Refreshes run beside the traffic: a background task wakes ``refresh_before`` the
-  expiry, so callers never wait while a valid token exists.
+- Refreshes run beside the traffic: once the first request has asked for a token, a
+  background task wakes ``refresh_before`` each expiry, so callers never wait while a
+  valid token exists.
 - Single flight: within a process one refresh task is shared by everyone who needs it;
   across processes a storage lock with a fencing token lets one refresh at a time, and
   whoever takes the lock re-reads the store first, since another process may have just
@@ -85,6 +86,7 @@ class TokenProvider:
         self._retry_at = 0.0
         self._last_error: str | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._wanted = asyncio.Event()  # set by the first request that needs a token
         self._forced: tuple[str, float] = ("", 0.0)  # the last token fetched because of a 401, and when
 
     # -- what the pipeline calls ------------------------------------------------------
@@ -138,6 +140,9 @@ class TokenProvider:
                 await asyncio.gather(task, return_exceptions=True)
 
     async def _keep_fresh(self) -> None:
+        # Nothing is fetched before the first request for this vendor: a gateway started
+        # with placeholder or unused credentials does not call token endpoints by itself.
+        await self._wanted.wait()
         while True:
             now = self._clock()
             wake = now if self._token is None else self._token.refresh_at(self.spec.refresh_before)
@@ -155,6 +160,7 @@ class TokenProvider:
     # -- refreshing --------------------------------------------------------------------
 
     async def _valid_token(self) -> TokenRecord:
+        self._wanted.set()
         now = self._clock()
         if self._token is not None and self._token.usable(now):
             return self._token

@@ -328,3 +328,10 @@ async def test_a_vendor_that_refuses_every_token_does_not_get_a_refresh_per_requ
     statuses = [(await client.get("/crm/x")).status for _ in range(20)]
     assert statuses == [401] * 20
     assert len(auth.requests) == 2  # the first token, and one refresh after the first 401
+
+
+async def test_no_token_endpoint_is_called_before_the_vendor_is_used(gateway, auth):
+    client = await gateway(oauth_policy(auth), env=ENV)
+    await asyncio.sleep(0.3)
+    assert auth.requests == []
+    assert (await client.get("/crm/x")).status == 200 and len(auth.requests) == 1
