@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
-import orjson
 from aiohttp import web
 
+from gateway.callers import bearer_token, digest
 from gateway.errors import (
     BadRequest,
     Conflict,
@@ -40,9 +39,8 @@ def _admin(handler: Handler) -> Handler:
             expected = request.app[SETTINGS].config.admin_key
             if expected is None:
                 raise Forbidden("the admin API is off: configure admin_key to use it")
-            presented = request.headers.get("X-Gateway-Admin-Key") or _bearer(request.headers.get("Authorization", ""))
-            digest = hashlib.sha256((presented or "").encode()).digest()
-            if not presented or not hmac.compare_digest(digest, hashlib.sha256(expected.reveal().encode()).digest()):
+            presented = request.headers.get("X-Gateway-Admin-Key") or bearer_token(request.headers.get("Authorization", ""))
+            if not presented or not hmac.compare_digest(digest(presented), digest(expected.reveal())):
                 raise Unauthenticated("send the admin key as X-Gateway-Admin-Key: KEY")
             return await handler(request)
         except StorageError as exc:
@@ -53,13 +51,6 @@ def _admin(handler: Handler) -> Handler:
     return checked
 
 
-def _bearer(value: str) -> str | None:
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def _storage(request: web.Request) -> Storage:
@@ -77,7 +68,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be from 1 to {MAX_PAGE}")
     entries = await _storage(request).list_dead_letters(vendor, after, limit)
-    return _json({
+    return web.json_response({
         "dead_letters": [e.summary() for e in entries],
         "next": entries[-1].id if len(entries) == limit else None,
     })
@@ -88,7 +79,7 @@ async def get_dead_letter(request: web.Request) -> web.Response:
     entry = await _storage(request).get_dead_letter(request.match_info["id"])
     if entry is None:
         raise NotFound(f"no dead letter {request.match_info['id']!r}")
-    return _json(entry.detail())
+    return web.json_response(entry.detail())
 
 
 @_admin
@@ -120,9 +111,9 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         if delivery.status < 400:
             await storage.delete_dead_letter(entry.id)
             await pipeline.dead_letters.count(entry.vendor)
-            return _json({**result, "outcome": "delivered"})
+            return web.json_response({**result, "outcome": "delivered"})
         again = entry.failed_again(delivery.status, delivery.error, delivery.attempts, time.time())
         await storage.update_dead_letter(again)
-        return _json({**result, "outcome": "failed", "error": delivery.error})
+        return web.json_response({**result, "outcome": "failed", "error": delivery.error})
     finally:
         await storage.release_dead_letter(entry.id)

@@ -15,15 +15,21 @@ from gateway.errors import Forbidden, Unauthenticated
 ANONYMOUS = Caller(name="anonymous", key=Secret("", "anonymous"), vendors=None, priority="normal")
 
 
-def _digest(key: str) -> bytes:
+def digest(key: str) -> bytes:
+    """What keys are compared by: equal-length digests, so compare_digest leaks nothing."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def bearer_token(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 class CallerDirectory:
     """Identifies callers by key. With no callers configured everyone is anonymous."""
 
     def __init__(self, callers: Iterable[Caller]) -> None:
-        self._entries = [(_digest(c.key.reveal()), c) for c in callers]
+        self._entries = [(digest(c.key.reveal()), c) for c in callers]
 
     @property
     def anonymous(self) -> bool:
@@ -35,11 +41,11 @@ class CallerDirectory:
         presented = presented_key(headers)
         if presented is None:
             raise Unauthenticated("send your key as X-Gateway-Key: KEY or Authorization: Bearer KEY")
-        digest = _digest(presented)
+        presented_digest = digest(presented)
         found: Caller | None = None
         # Compare against every key (digests of equal length) so timing tells nothing.
         for expected, caller in self._entries:
-            if hmac.compare_digest(digest, expected):
+            if hmac.compare_digest(presented_digest, expected):
                 found = caller
         if found is None:
             raise Unauthenticated("the caller key is not valid")
@@ -55,8 +61,4 @@ def presented_key(headers: CIMultiDictProxy[str]) -> str | None:
     key = headers.get("X-Gateway-Key")
     if key:
         return key.strip()
-    authorization = headers.get("Authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    return bearer_token(headers.get("Authorization", ""))

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from gateway.core.clock import iso_utc
+
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 KEPT_GATEWAY_STATUSES = frozenset({429, 502, 503, 504})
 ERROR_EXCERPT = 2048
@@ -64,7 +66,7 @@ class DeadLetter:
             "id": self.id, "vendor": self.vendor, "caller": self.caller, "method": self.method,
             "path": self.path, "query": self.query, "status": self.status, "error": self.error,
             "attempts": self.attempts, "replays": self.replays,
-            "first_at": _iso(self.first_at), "last_at": _iso(self.last_at),
+            "first_at": iso_utc(self.first_at), "last_at": iso_utc(self.last_at),
             "body_bytes": len(self.body) if self.body is not None else None,
         }
 
@@ -80,6 +82,3 @@ class DeadLetter:
                 shown["body_base64"] = base64.b64encode(body).decode("ascii")
         return {**self.summary(), **shown}
 
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from gateway import admin_api
@@ -116,12 +115,12 @@ async def readyz(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     body: dict[str, object] = {"policies": len(request.app[SETTINGS].policies), "storage": storage.name}
     if request.app[DRAINING]:
-        return _json({**body, "status": "draining"}, 503)
+        return web.json_response({**body, "status": "draining"}, status=503)
     try:
         await storage.ping()
     except StorageError as exc:
-        return _json({**body, "status": "unready", "detail": str(exc)}, 503)
-    return _json({**body, "status": "ready"}, 200)
+        return web.json_response({**body, "status": "unready", "detail": str(exc)}, status=503)
+    return web.json_response({**body, "status": "ready"}, status=200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -145,8 +144,4 @@ async def status(request: web.Request) -> web.Response:
             "credentials": credentials,
             "circuit_breaker": await breakers.state(vendor, breaker) if breaker is not None else None,
         }
-    return _json({"vendors": vendors}, 200)
-
-
-def _json(body: dict[str, object], status: int) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    return web.json_response({"vendors": vendors}, status=200)

@@ -41,6 +41,7 @@ import orjson
 from multidict import CIMultiDict
 
 from gateway.config.model import JwtBearer, OAuth2
+from gateway.core.clock import iso_utc
 from gateway.core.tokens import TokenEndpointError, TokenRecord, failure_delay, parse_token_response
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics
@@ -123,9 +124,9 @@ class TokenProvider:
         return {
             "type": self.spec.type,
             "state": state,
-            "expires_at": _iso(self._token.expires_at) if self._token else None,
+            "expires_at": iso_utc(self._token.expires_at) if self._token else None,
             "last_error": self._last_error,
-            "next_attempt_at": _iso(self._retry_at) if self._retry_at > now else None,
+            "next_attempt_at": iso_utc(self._retry_at) if self._retry_at > now else None,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -400,6 +401,3 @@ class TokenProvider:
                 f"private_key cannot sign {spec.algorithm}: {type(exc).__name__}", refused=True
             ) from None
 
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
