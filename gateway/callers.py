@@ -51,6 +51,10 @@ class CallerDirectory:
             raise Unauthenticated("the caller key is not valid")
         return found
 
+    def named(self, name: str) -> Caller:
+        """The configured caller of this name (a replayed dead letter's), else anonymous."""
+        return next((caller for _, caller in self._entries if caller.name == name), ANONYMOUS)
+
     @staticmethod
     def authorize(caller: Caller, vendor: str) -> None:
         if not caller.may_use(vendor):

@@ -12,10 +12,12 @@ The hierarchy::
     ├── Conflict                      409 replay-in-progress: a dead letter is being replayed
     ├── PayloadTooLarge               413 payload-too-large: body over max_body
     ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
+    ├── CallerGone                    499 caller-gone: the caller left while its request waited
     ├── UpstreamUnavailable           502 upstream-unavailable: connection failed
-    ├── ServiceUnavailable            503 (base of the two below, and storage rejection)
+    ├── ServiceUnavailable            503 (base of the three below; admin storage failures)
     │   ├── CircuitOpen               503 circuit-open
-    │   └── CredentialsUnavailable    503 credentials-unavailable
+    │   ├── CredentialsUnavailable    503 credentials-unavailable
+    │   └── StorageUnavailable        503 storage-unavailable (on_storage_error: reject)
     └── UpstreamTimeout               504 upstream-timeout
 
     ConfigError                       invalid configuration; carries every Problem found
@@ -136,6 +138,22 @@ class BudgetExhausted(GatewayError):
     type = "budget-exhausted"
     title = "Vendor budget exhausted"
 
+    def __init__(self, detail: str, *, extra: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.extra = extra or {}
+
+    def headers(self) -> dict[str, str]:
+        """The budgets' RateLimit headers, as on a proxied answer."""
+        return self.extra
+
+
+class CallerGone(GatewayError):
+    """Nobody reads this answer; it names the request in logs and metrics (nginx's 499)."""
+
+    status = 499
+    type = "caller-gone"
+    title = "Caller closed the connection"
+
 
 class UpstreamUnavailable(GatewayError):
     status = 502
@@ -157,6 +175,11 @@ class CircuitOpen(ServiceUnavailable):
 class CredentialsUnavailable(ServiceUnavailable):
     type = "credentials-unavailable"
     title = "No valid credential for the vendor"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    type = "storage-unavailable"
+    title = "Budget storage unavailable"
 
 
 class UpstreamTimeout(GatewayError):

@@ -57,6 +57,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.budget_exhausted = Counter(
+            "gateway_budget_exhausted_total",
+            "Requests a budget could not admit at once (they waited or got 429; shadow budgets too)",
+            ["vendor", "budget"],
+            registry=self.registry,
+        )
+        self.budget_wait = Histogram(
+            "gateway_budget_wait_seconds",
+            "Time admitted attempts were held for budget",
+            ["vendor"],
+            buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=self.registry,
+        )
+
         self.credential_refreshes = Counter(
             "gateway_credential_refreshes_total",
             "Access token refreshes by result",
@@ -64,13 +78,27 @@ class Metrics:
             registry=self.registry,
         )
 
-        # Both gauges mirror shared state that any worker may update: with workers the
+        # These gauges mirror shared state that any worker may update: with workers the
         # value last written by any of them is the true one.
         self.circuit_state = Gauge(
             "gateway_circuit_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             ["vendor"],
             multiprocess_mode="livemostrecent",
+            registry=self.registry,
+        )
+
+        self.budget_remaining = Gauge(
+            "gateway_budget_remaining",
+            "Units left in a budget after the latest request charged to it (per caller: that caller's)",
+            ["vendor", "budget"],
+            multiprocess_mode="livemostrecent",
+            registry=self.registry,
+        )
+        self.storage_fallback = Gauge(
+            "gateway_storage_fallback",
+            "1 while shared storage fails and budgets follow on_storage_error",
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
 

@@ -28,7 +28,8 @@ from multidict import CIMultiDict
 
 from gateway.body import REPLAY_LIMIT, RequestBody, read_body
 from gateway.breakers import CircuitBreakers
-from gateway.callers import CallerDirectory
+from gateway.budgets import Budgets, Charged, max_wait
+from gateway.callers import ANONYMOUS, CallerDirectory
 from gateway.config.loader import Settings
 from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
@@ -71,6 +72,10 @@ class Exchange:
     vendor: str = "unknown"
     caller: str = "unauthenticated"
     attempts: int = 0
+    who: Caller = ANONYMOUS
+    max_wait: float = 0.0  # seconds an attempt may wait for budget
+    gone: Callable[[], bool] = lambda: False  # whether the caller has disconnected
+    charged: Charged | None = None  # the budgets of the latest attempt
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class Pipeline:
         clients: UpstreamClients,
         credentials: Mapping[str, CredentialProvider],
         breakers: CircuitBreakers,
+        budgets: Budgets,
         dead_letters: DeadLetterBox,
         metrics: Metrics,
         *,
@@ -115,6 +121,7 @@ class Pipeline:
         self.callers = CallerDirectory(settings.config.callers)
         self.credentials = credentials
         self.breakers = breakers
+        self.budgets = budgets
         self.dead_letters = dead_letters
         self.clients = clients
         self.metrics = metrics
@@ -127,7 +134,9 @@ class Pipeline:
         status = 500
         try:
             policy, target = self.route(ex, request)
-            self.identify(ex, request, policy)
+            ex.who = self.identify(ex, request, policy)
+            ex.max_wait = max_wait(policy, request.headers.get("X-Gateway-Max-Wait"))
+            ex.gone = lambda: request.transport is None or request.transport.is_closing()
             body = await read_body(request, self.max_body)
             out = Outgoing(request.method, target, forward_headers(request, ex.request_id, body), body)
             try:
@@ -191,6 +200,8 @@ class Pipeline:
         if policy is None:
             raise UnknownVendor(f"no vendor {entry.vendor!r} is configured any more")
         ex = Exchange(request_id=uuid.uuid4().hex, started=self.clock(), vendor=entry.vendor, caller=entry.caller)
+        ex.who = self.callers.named(entry.caller)
+        ex.max_wait = policy.when_exhausted.wait
         headers = CIMultiDict(entry.headers)
         headers["X-Request-Id"] = ex.request_id
         target = Target(entry.vendor, entry.path, entry.query)
@@ -244,6 +255,8 @@ class Pipeline:
                         retry_after=admission.retry_after,
                     )
                 probe = admission.probe
+            ex.charged = self.budgets.charges(policy, out.method, out.target.path, ex.who)
+            await self.budgets.admit(policy, ex.charged, ex.max_wait, ex.gone)
             ex.attempts += 1
             headers = out.headers.copy()
             query = await credential.apply(headers, out.target.query)
@@ -261,6 +274,7 @@ class Pipeline:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
                 outcome = Outcome(status=response.status, retry_after=retry_after)
                 reason = f"status {response.status}"
+                await self.budgets.learn(policy, ex.charged, response.status, retry_after, response.headers)
             self.metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
             self.metrics.upstream_duration.labels(policy.vendor).observe(self.clock() - started)
             if breaker is not None:
@@ -305,6 +319,8 @@ class Pipeline:
         )
         headers["X-Request-Id"] = ex.request_id
         headers["X-Gateway-Attempts"] = str(ex.attempts)
+        if ex.charged is not None:
+            headers.update(ex.charged.headers())
         return headers
 
     async def answer(

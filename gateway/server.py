@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway import admin_api
 from gateway.breakers import CircuitBreakers
+from gateway.budgets import Budgets
 from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.credentials import CredentialProvider, static_provider
@@ -75,7 +76,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[TOKENS] = tokens
     letterbox = DeadLetterBox(storage, app[METRICS], settings.policies)
     app[PIPELINE] = Pipeline(
-        settings, clients, credentials, CircuitBreakers(storage, app[METRICS]), letterbox, app[METRICS]
+        settings,
+        clients,
+        credentials,
+        CircuitBreakers(storage, app[METRICS]),
+        Budgets(storage, app[METRICS], config),
+        letterbox,
+        app[METRICS],
     )
     for vendor, policy in settings.policies.items():
         if policy.dead_letter:
@@ -119,7 +126,11 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await storage.ping()
     except StorageError as exc:
-        return web.json_response({**body, "status": "unready", "detail": str(exc)}, status=503)
+        fallback = request.app[SETTINGS].config.on_storage_error
+        if fallback == "reject":
+            return web.json_response({**body, "status": "unready", "detail": str(exc)}, status=503)
+        # The gateway still serves: budgets follow on_storage_error until storage answers.
+        return web.json_response({**body, "status": "ready", "fallback": fallback, "detail": str(exc)}, status=200)
     return web.json_response({**body, "status": "ready"}, status=200)
 
 
@@ -131,10 +142,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Per vendor: upstream, credential state (never a secret) and breaker state."""
+    """Per vendor: upstream, credential state (never a secret), breaker state and budgets."""
     settings = request.app[SETTINGS]
     tokens = request.app[TOKENS]
-    breakers = request.app[PIPELINE].breakers
+    pipeline = request.app[PIPELINE]
+    breakers = pipeline.breakers
     vendors: dict[str, dict[str, object]] = {}
     for vendor, policy in sorted(settings.policies.items()):
         credentials = tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"}
@@ -143,5 +155,6 @@ async def status(request: web.Request) -> web.Response:
             "upstream": policy.upstream.url,
             "credentials": credentials,
             "circuit_breaker": await breakers.state(vendor, breaker) if breaker is not None else None,
+            "budgets": await pipeline.budgets.status(policy, settings.config.callers),
         }
     return web.json_response({"vendors": vendors}, status=200)

@@ -85,9 +85,10 @@ def settings_from(tmp_path: Path) -> Callable[..., Settings]:
 class RedisServer:
     """A real redis-server on a free port, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.options = options
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,7 +101,7 @@ class RedisServer:
             pytest.fail("no redis-server: install it (apt-get install redis-server)")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+             "--dir", str(self.workdir), *self.options],
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
@@ -118,6 +119,57 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+class RedisClusterNodes:
+    """Three real redis-server nodes made one Redis Cluster (no replicas), the slots split
+    among them as ``redis-cli --cluster create`` would."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = []
+        for i in range(3):
+            folder = workdir / f"cluster-{i}"
+            folder.mkdir()
+            self.nodes.append(RedisServer(folder, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"))
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(port=node.port) for node in self.nodes]
+        try:
+            ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
+            for client, (low, high) in zip(clients, ranges):
+                client.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+            deadline = time.monotonic() + 20
+            while not all(c.execute_command("CLUSTER INFO")["cluster_state"] == "ok" for c in clients):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the test Redis Cluster did not come up")
+                time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    cluster = RedisClusterNodes(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _bundled_redis_server() -> str | None:

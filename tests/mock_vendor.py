@@ -8,6 +8,7 @@ next requests take in order, and read back every request received.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class Received:
     raw_path: str
     headers: dict[str, list[str]]
     body: bytes
+    at: float = field(default_factory=time.monotonic)
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name.lower())

@@ -17,7 +17,8 @@ async def test_readyz_reports_policies_and_storage(gateway, vendor):
 
 
 async def test_readyz_follows_a_redis_that_stops_and_comes_back(gateway, vendor, redis_server):
-    client = await gateway({"vendor": "v", "upstream": vendor.url}, config={"storage": redis_server.url})
+    config = {"storage": redis_server.url, "on_storage_error": "reject"}
+    client = await gateway({"vendor": "v", "upstream": vendor.url}, config=config)
     assert (await client.get("/readyz")).status == 200
     redis_server.stop()
     response = await client.get("/readyz")
@@ -26,6 +27,15 @@ async def test_readyz_follows_a_redis_that_stops_and_comes_back(gateway, vendor,
     assert body["status"] == "unready" and body["storage"] == "redis"
     redis_server.start()
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_readyz_says_when_the_local_fallback_serves(gateway, vendor, redis_server):
+    client = await gateway({"vendor": "v", "upstream": vendor.url}, config={"storage": redis_server.url})
+    redis_server.stop()
+    response = await client.get("/readyz")
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "ready" and body["fallback"] == "local" and "redis" in body["detail"]
 
 
 async def test_metrics_expose_requests_and_upstream_attempts(gateway, vendor):

@@ -152,6 +152,8 @@ def _check_budget(b: dict[str, Any], r: Reporter) -> None:
                 r.error(name, "only applies with window: fixed")
     if b["cost"] > b["limit"]:
         r.error("cost", f"cost {b['cost']} is more than the limit {b['limit']}: no request could ever pass")
+    elif b["cost"] > b["limit"] * (1 - b["reserve"]):
+        r.error("reserve", f"a reserve of {b['reserve']:.0%} leaves less than one request's cost to callers below priority high")
 
 
 HEADER_NAME = Str(pattern=r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

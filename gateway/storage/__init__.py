@@ -7,11 +7,13 @@ process using that Redis. Backend failures surface as StorageError.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission
+from gateway.core.budget import Adjustment, Charge, Verdict
 from gateway.deadletters import DeadLetter
 from gateway.storage.memory import MemoryStorage
 from gateway.storage.redis import RedisStorage
@@ -39,6 +41,18 @@ class Storage(Protocol):
 
     async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
         """Count an attempt's outcome; the breaker's state after it."""
+
+    async def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Verdict:
+        """Charge all the budgets or none: now, or at the time given by ``Verdict.wait`` when
+        that is within ``max_wait`` seconds (a reservation)."""
+
+    async def refund_budgets(self, vendor: str, charges: Sequence[Charge], at: float) -> None:
+        """Give back a reservation for ``at`` (Verdict.at) that will not be used."""
+
+    async def adjust_budgets(self, vendor: str, charges: Sequence[Charge], said: Sequence[Adjustment]) -> Verdict:
+        """Apply what the vendor said (Retry-After, its own counters) to each budget."""
+
+    async def peek_budgets(self, vendor: str, charges: Sequence[Charge]) -> Verdict: ...
 
     async def put_dead_letter(self, entry: DeadLetter) -> None: ...
 

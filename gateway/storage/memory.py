@@ -8,18 +8,41 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission, BreakerState
+from gateway.core.budget import Adjustment, BudgetBook, Charge, Verdict
 from gateway.deadletters import DeadLetter
 from gateway.storage.durable import LocalStore
 
 
-class MemoryStorage:
+class LocalBudgets:
+    """Budgets kept in this process: memory storage's, and the fallback when shared storage fails."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._book = BudgetBook()
+        self._clock = clock
+
+    async def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Verdict:
+        return self._book.charge(vendor, charges, self._clock(), max_wait)
+
+    async def refund_budgets(self, vendor: str, charges: Sequence[Charge], at: float) -> None:
+        self._book.refund(vendor, charges, self._clock(), at)
+
+    async def adjust_budgets(self, vendor: str, charges: Sequence[Charge], said: Sequence[Adjustment]) -> Verdict:
+        return self._book.adjust(vendor, charges, self._clock(), said)
+
+    async def peek_budgets(self, vendor: str, charges: Sequence[Charge]) -> Verdict:
+        return self._book.peek(vendor, charges, self._clock())
+
+
+class MemoryStorage(LocalBudgets):
     name = "memory"
 
     def __init__(self, data_dir: Path) -> None:
+        super().__init__()
         self._data_dir = data_dir
         self._local: LocalStore | None = None
         self._tokens: dict[str, bytes] = {}

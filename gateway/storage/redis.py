@@ -9,6 +9,7 @@ redis-py's Script does).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -18,6 +19,7 @@ from redis.exceptions import RedisError
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission
+from gateway.core.budget import Adjustment, Charge, Level, Verdict
 from gateway.deadletters import DeadLetter
 from gateway.errors import StorageError
 
@@ -48,6 +50,7 @@ class RedisStorage:
         self._put_if_unchanged = self.client.register_script(_script("put_if_unchanged.lua"))
         self._breaker = self.client.register_script(_script("breaker.lua"))
         self._update_entry = self.client.register_script(_script("update_entry.lua"))
+        self._budget = self.client.register_script(_script("budget.lua"))
 
     async def _call(self, what: str, operation: Any) -> Any:
         try:
@@ -94,6 +97,34 @@ class RedisStorage:
             "breaker", self._breaker(keys=[key(vendor, "breaker")], args=args)
         )
         return Admission(bool(allowed), bool(is_probe), float(retry_after), int(state))
+
+    async def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Verdict:
+        return await self.budget_call(vendor, "charge", charges, arg=max_wait)
+
+    async def refund_budgets(self, vendor: str, charges: Sequence[Charge], at: float) -> None:
+        await self.budget_call(vendor, "refund", charges, arg=at)
+
+    async def adjust_budgets(self, vendor: str, charges: Sequence[Charge], said: Sequence[Adjustment]) -> Verdict:
+        return await self.budget_call(vendor, "adjust", charges, said=said)
+
+    async def peek_budgets(self, vendor: str, charges: Sequence[Charge]) -> Verdict:
+        return await self.budget_call(vendor, "peek", charges)
+
+    async def budget_call(
+        self, vendor: str, op: str, charges: Sequence[Charge], *, arg: float = 0.0,
+        said: Sequence[Adjustment] = (), now: float | None = None,
+    ) -> Verdict:
+        """One budget step in one round trip; ``now`` only for tests (Redis's own clock otherwise)."""
+        args: list[str | int] = [op, "" if now is None else repr(now), repr(arg)]
+        for i, c in enumerate(charges):
+            what = said[i] if said else Adjustment()
+            args += [c.kind, repr(c.limit), repr(c.per), c.cost, repr(c.held), int(c.shadow), *map(repr, c.window)]
+            args += ["" if v is None else repr(v) for v in (what.pause, what.remaining, what.reset)]
+        keys = [key(vendor, f"budget:{c.key}") for c in charges]
+        reply = await self._call("budget", self._budget(keys=keys, args=args))
+        levels = tuple(Level(int(reply[i]), float(reply[i + 1])) for i in range(4, len(reply), 3))
+        exceeded = tuple(bool(int(reply[i + 2])) for i in range(4, len(reply), 3))
+        return Verdict(bool(int(reply[0])), float(reply[1]), int(reply[2]), levels, exceeded, float(reply[3]))
 
     # Dead letters: one hash of entries and sorted-set indexes (all vendors, and per vendor)
     # whose members are the time-ordered ids, under one hash tag so they share a slot.

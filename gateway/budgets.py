@@ -1,0 +1,335 @@
+"""Vendor budgets for the pipeline: which budgets a request is charged to, holding it until
+its reserved time, what the vendor's answers teach us, and what to do when shared storage
+fails (``on_storage_error``).
+
+A charge is one storage call (one Lua script with Redis) that reserves the request's place
+in every matching budget at once, or in none. A request that must wait sleeps until its
+reserved time; one whose caller leaves meanwhile gives its place back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from gateway.callers import ANONYMOUS
+from gateway.config.model import Budget, Caller, Config, Policy
+from gateway.core.budget import BUCKET, FIXED, Adjustment, Charge, Level, Verdict, fixed_window
+from gateway.errors import BadRequest, BudgetExhausted, CallerGone, StorageError, StorageUnavailable
+from gateway.metrics import Metrics
+from gateway.storage import Storage
+from gateway.storage.memory import LocalBudgets
+
+log = logging.getLogger("gateway.budgets")
+
+T = TypeVar("T")
+
+# After shared storage fails, requests use the fallback for this long before one of them
+# tries storage again: a dead Redis costs one timeout a second, not one per request.
+RETRY_STORAGE = 1.0
+# How often a waiting request looks whether its caller is still connected (a local check).
+CALLER_CHECK = 0.25
+
+
+@dataclass
+class Charged:
+    """What one upstream attempt was charged to, and how the budgets stood after it."""
+
+    budgets: tuple[Budget, ...]
+    charges: tuple[Charge, ...]
+    levels: tuple[Level, ...] = ()
+    at: float = 0.0
+    local: bool = False  # charged to the in-process fallback
+
+    def headers(self) -> dict[str, str]:
+        return rate_limit_headers(self.budgets, self.levels)
+
+
+@dataclass
+class _Health:
+    """Whether shared storage is failing, and when to try it again."""
+
+    down_since: float | None = None
+    retry_at: float = 0.0
+    probing: bool = False
+    said: set[str] = field(default_factory=set)
+
+
+class Budgets:
+    def __init__(
+        self,
+        storage: Storage,
+        metrics: Metrics,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._storage = storage
+        self._metrics = metrics
+        self._on_error = config.on_storage_error
+        self._workers = config.workers
+        self._local = LocalBudgets(clock)
+        self._health = _Health()
+        self._windows: dict[int, tuple[float, float, float]] = {}
+        self._pauses: dict[tuple[str, str], float] = {}  # this process's view, for sleeping waiters
+        self.clock = clock
+        self.sleep = sleep
+
+    @property
+    def fallback(self) -> str | None:
+        """What replaces shared storage while it fails: None when it answers."""
+        return None if self._health.down_since is None else self._on_error
+
+    def charges(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
+        now = self.clock()
+        budgets = tuple(b for b in policy.budgets if b.match is None or b.match.fits(method, path))
+        high = caller.priority == "high"
+        return Charged(budgets, tuple(self._charge(b, caller.name, high, now) for b in budgets))
+
+    def _charge(self, budget: Budget, caller: str, high: bool, now: float) -> Charge:
+        window = (0.0, 0.0, 0.0)
+        if budget.window == FIXED:
+            window = self._windows.get(id(budget), window)
+            if now >= window[1]:
+                window = self._windows[id(budget)] = fixed_window(now, budget.per, budget.reset, budget.timezone)
+        return Charge(
+            key=budget.name if budget.key == "shared" else f"{budget.name}:{caller}",
+            kind=budget.window or BUCKET,
+            limit=budget.limit,
+            per=budget.per,
+            cost=budget.cost,
+            held=0.0 if high else budget.reserve * budget.limit,
+            shadow=budget.shadow,
+            window=window,
+        )
+
+    async def admit(self, policy: Policy, charged: Charged, max_wait: float, gone: Callable[[], bool]) -> None:
+        """Charge the request, holding it until its reserved time; raises BudgetExhausted when
+        that is over ``max_wait`` seconds away, CallerGone when the caller left meanwhile."""
+        if not charged.charges:
+            return
+        vendor = policy.vendor
+        verdict = await self._shared(
+            lambda store, charges: store.charge_budgets(vendor, charges, max_wait), charged
+        )
+        if verdict is None:  # storage failed and on_storage_error: allow
+            return
+        charged.levels, charged.at = verdict.levels, verdict.at
+        self._report(vendor, charged, verdict)
+        if not verdict.admitted:
+            raise self._exhausted(policy, charged, verdict.blocking, verdict.wait, max_wait)
+        self._metrics.budget_wait.labels(vendor).observe(verdict.wait)
+        latest = self.clock() + max_wait
+        wait = verdict.wait
+        while wait > 0:
+            try:
+                held = await self._hold(wait, gone)
+            except asyncio.CancelledError:  # a server with handler_cancellation: the caller left
+                await self.refund(vendor, charged)
+                raise
+            if not held:
+                await self.refund(vendor, charged)
+                raise CallerGone("the caller left while waiting for budget", vendor=vendor)
+            # A pause learnt while this request slept (an upstream 429) holds it longer.
+            now = self.clock()
+            wait = max(self._pauses.get((vendor, c.key), 0.0) for c in charged.charges) - now
+            if now + wait > latest:
+                await self.refund(vendor, charged)
+                raise self._exhausted(policy, charged, -1, wait, max_wait)
+
+    async def _hold(self, wait: float, gone: Callable[[], bool]) -> bool:
+        end = self.clock() + wait
+        while (left := end - self.clock()) > 0:
+            await self.sleep(min(left, CALLER_CHECK))
+            if gone():
+                return False
+        return True
+
+    async def refund(self, vendor: str, charged: Charged) -> None:
+        """Give a reservation back (best effort: a failed refund only wastes the place)."""
+        store: Storage | LocalBudgets = self._local if charged.local else self._storage
+        charges = self._scaled(charged.charges) if charged.local else charged.charges
+        try:
+            await store.refund_budgets(vendor, charges, charged.at)
+        except StorageError as exc:
+            log.warning("%s: could not give back a budget reservation: %s", vendor, exc)
+
+    async def learn(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
+                    headers: Any) -> None:
+        """Apply what the vendor's answer says: a 429 or 503 with Retry-After pauses every
+        charged budget; ``follow`` headers lower our counters to the vendor's."""
+        said = [_said(budget, status, retry_after, headers, self.clock()) for budget in charged.budgets]
+        if not charged.charges or all(s is None for s in said):
+            return
+        vendor = policy.vendor
+        adjustments = [s or Adjustment() for s in said]
+        if retry_after is not None and status in (429, 503):
+            until = self.clock() + retry_after
+            for charge in charged.charges:
+                key = (vendor, charge.key)
+                self._pauses[key] = max(self._pauses.get(key, 0.0), until)
+            log.info("%s answered %d: budgets paused for %.1fs", vendor, status, retry_after)
+        verdict = await self._shared(
+            lambda store, charges: store.adjust_budgets(vendor, charges, adjustments), charged
+        )
+        if verdict is not None:
+            charged.levels = verdict.levels
+            for budget, lv in zip(charged.budgets, verdict.levels):
+                self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
+
+    async def status(self, policy: Policy, callers: Sequence[Caller]) -> list[dict[str, object]]:
+        """Each budget's limit, remaining and reset (per caller for ``key: caller``)."""
+        out: list[dict[str, object]] = []
+        vendor = policy.vendor
+        users = [c for c in callers if c.may_use(vendor)] or [ANONYMOUS]
+        for budget in policy.budgets:
+            entry: dict[str, object] = {
+                "name": budget.name,
+                "kind": budget.window or BUCKET,
+                "limit": budget.limit,
+                "per": budget.per,
+                "cost": budget.cost,
+                "shadow": budget.shadow,
+            }
+            who = users if budget.key == "caller" else [ANONYMOUS]
+            now = self.clock()
+            charged = Charged((budget,) * len(who), tuple(self._charge(budget, c.name, True, now) for c in who))
+            try:
+                verdict = await self._shared(lambda store, charges: store.peek_budgets(vendor, charges), charged)
+            except StorageUnavailable:
+                verdict = None
+            if verdict is None:
+                entry.update(remaining=None, reset=None)
+            elif budget.key == "caller":
+                entry["callers"] = {
+                    c.name: {"remaining": lv.remaining, "reset": round(lv.reset, 3)}
+                    for c, lv in zip(who, verdict.levels)
+                }
+            else:
+                entry.update(remaining=verdict.levels[0].remaining, reset=round(verdict.levels[0].reset, 3))
+            out.append(entry)
+        return out
+
+    async def _shared(
+        self, call: Callable[[Any, Sequence[Charge]], Awaitable[T]], charged: Charged
+    ) -> T | None:
+        """Run a budget call on shared storage, or on the fallback while storage fails."""
+        health, now = self._health, self.clock()
+        if health.down_since is None or (now >= health.retry_at and not health.probing):
+            health.probing = health.down_since is not None
+            try:
+                result = await call(self._storage, charged.charges)
+            except StorageError as exc:
+                self._storage_failed(exc, now)
+            else:
+                if health.down_since is not None:
+                    log.warning("budget storage answers again after %.1fs", now - health.down_since)
+                    health.down_since = None
+                    self._metrics.storage_fallback.set(0)
+                charged.local = False
+                return result
+            finally:
+                health.probing = False
+        if self._on_error == "reject":
+            raise StorageUnavailable("budget storage is unavailable", retry_after=RETRY_STORAGE)
+        if self._on_error == "allow":
+            return None
+        charged.local = True
+        return await call(self._local, self._scaled(charged.charges))
+
+    def _storage_failed(self, exc: StorageError, now: float) -> None:
+        health = self._health
+        health.retry_at = now + RETRY_STORAGE
+        if health.down_since is None:
+            health.down_since = now
+            self._metrics.storage_fallback.set(1)
+            log.error("budget storage failed (%s); on_storage_error: %s", exc, self._on_error)
+
+    def _scaled(self, charges: Sequence[Charge]) -> list[Charge]:
+        """The fallback's share of each budget: every process limits alone, so each takes
+        1/workers of it (at least one request's cost)."""
+        if self._workers == 1:
+            return list(charges)
+        return [
+            replace(c, limit=max(c.limit / self._workers, c.cost + c.held / self._workers), held=c.held / self._workers)
+            for c in charges
+        ]
+
+    def _report(self, vendor: str, charged: Charged, verdict: Verdict) -> None:
+        for budget, lv, exceeded in zip(charged.budgets, verdict.levels, verdict.exceeded):
+            self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
+            if exceeded:
+                self._metrics.budget_exhausted.labels(vendor, budget.name).inc()
+
+    def _exhausted(self, policy: Policy, charged: Charged, blocking: int, wait: float, max_wait: float) -> BudgetExhausted:
+        budget = charged.budgets[blocking].name if blocking >= 0 else None
+        what = f"budget {budget!r}" if budget else "a paused budget"
+        return BudgetExhausted(
+            f"{what} of {policy.vendor} admits this request in {wait:.2f}s; it may wait {max_wait:g}s",
+            vendor=policy.vendor,
+            budget=budget,
+            retry_after=wait,
+            extra=charged.headers(),
+        )
+
+
+def _said(budget: Budget, status: int, retry_after: float | None, headers: Any, now: float) -> Adjustment | None:
+    pause = retry_after if status in (429, 503) else None
+    remaining = reset = None
+    follow = budget.follow
+    if follow is not None:
+        remaining = _number(headers.get(follow.remaining))
+        if follow.reset is not None:
+            reset = _number(headers.get(follow.reset))
+            if reset is not None and follow.reset_unit == "ms":
+                reset /= 1000
+            elif reset is not None and follow.reset_unit == "epoch":
+                reset -= now
+    if pause is None and remaining is None:
+        return None
+    return Adjustment(pause=pause, remaining=remaining, reset=reset)
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def max_wait(policy: Policy, header: str | None) -> float:
+    """The budget wait allowed for a request: the policy's, lowered by X-Gateway-Max-Wait."""
+    allowed = policy.when_exhausted.wait
+    if header is None:
+        return allowed
+    asked = _number(header)
+    if asked is None or asked < 0:
+        raise BadRequest(f"X-Gateway-Max-Wait must be a number of seconds, not {header[:40]!r}", vendor=policy.vendor)
+    return min(allowed, asked)
+
+
+def rate_limit_headers(budgets: Sequence[Budget], levels: Sequence[Level]) -> dict[str, str]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-10) for every
+    enforced budget, and the older RateLimit-Limit/-Remaining/-Reset for the tightest (the
+    one with the fewest requests left). Shadow budgets are not shown: callers would pace
+    themselves on a limit the gateway does not apply."""
+    shown = [(b, lv) for b, lv in zip(budgets, levels) if not b.shadow]
+    if not shown:
+        return {}
+    tight, level = min(shown, key=lambda pair: (pair[1].remaining // pair[0].cost, -pair[1].reset))
+    return {
+        "RateLimit-Policy": ", ".join(f'"{b.name}";q={b.limit};w={math.ceil(b.per)}' for b, _ in shown),
+        "RateLimit": ", ".join(f'"{b.name}";r={lv.remaining};t={math.ceil(lv.reset)}' for b, lv in shown),
+        "RateLimit-Limit": str(tight.limit),
+        "RateLimit-Remaining": str(level.remaining),
+        "RateLimit-Reset": str(math.ceil(level.reset)),
+    }

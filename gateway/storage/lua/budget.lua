@@ -1,0 +1,203 @@
+-- The budget arithmetic of gateway/core/budget.py, on shared state (keep the two alike:
+-- tests/core/test_budget.py runs one table against both).
+-- KEYS: one hash per budget charged (fields tat, paused, c:<slot or window start ms>).
+-- ARGV[1]: op: "charge" | "refund" | "adjust" | "peek"; ARGV[2]: now in seconds ("" for
+-- Redis's clock); ARGV[3]: charge: max_wait; refund: the time the refunded request was to go.
+-- Then 12 fields per key: kind, limit, per, cost, held, shadow (0|1), window start, end,
+-- next end, and for adjust: pause, remaining, reset ("" where the vendor said nothing).
+-- Returns {admitted (0|1), wait, blocking (0-based, -1 for none), at, then per key:
+-- remaining, reset, exceeded (0|1)}; times as strings (Lua numbers would be truncated).
+local op = ARGV[1]
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local arg = tonumber(ARGV[3]) or 0
+local EPS, SLOTS, GUARD = 1e-9, 100, 2
+
+local function num(x) return string.format('%.17g', x) end
+local function ms(t) return math.floor(t * 1000 + 0.5) end
+
+local charges, states = {}, {}
+for i = 1, #KEYS do
+  local b = 3 + (i - 1) * 12
+  charges[i] = {
+    kind = ARGV[b + 1], limit = tonumber(ARGV[b + 2]), per = tonumber(ARGV[b + 3]),
+    cost = tonumber(ARGV[b + 4]), held = tonumber(ARGV[b + 5]), shadow = ARGV[b + 6] == '1',
+    wstart = tonumber(ARGV[b + 7]), wend = tonumber(ARGV[b + 8]), wnext = tonumber(ARGV[b + 9]),
+    pause = tonumber(ARGV[b + 10]), remaining = tonumber(ARGV[b + 11]), reset = tonumber(ARGV[b + 12]),
+  }
+  local s = {tat = 0, paused = 0, counts = {}}
+  local fields = redis.call('HGETALL', KEYS[i])
+  for j = 1, #fields, 2 do
+    local name, value = fields[j], tonumber(fields[j + 1])
+    if name == 'tat' then s.tat = value
+    elseif name == 'paused' then s.paused = value
+    else s.counts[tonumber(string.sub(name, 3))] = value end
+  end
+  states[i] = s
+end
+
+local function interval(c) return c.per / c.limit end
+local function width(c) return c.per / SLOTS end
+
+local function window_at(c, t)
+  if t < c.wend then return ms(c.wstart) end
+  if t < c.wnext then return ms(c.wend) end
+  return nil
+end
+
+local function live_slots(c, s, t)
+  local slots = {}
+  for slot in pairs(s.counts) do
+    if (slot + GUARD) * width(c) > t - c.per then slots[#slots + 1] = slot end
+  end
+  table.sort(slots)
+  return slots
+end
+
+local function rolling_used(c, s, t)
+  local used = 0
+  for _, slot in ipairs(live_slots(c, s, t)) do used = used + s.counts[slot] end
+  return used
+end
+
+local function earliest(c, s)
+  local t = math.max(now, s.paused)
+  if c.kind == 'bucket' then
+    local span = (c.limit - c.held) * interval(c)
+    return math.max(t, s.tat + c.cost * interval(c) - span)
+  end
+  local room = c.limit - c.held - c.cost
+  if c.kind == 'rolling' then
+    local counted = live_slots(c, s, t)
+    local used = 0
+    for _, slot in ipairs(counted) do used = used + s.counts[slot] end
+    for _, slot in ipairs(counted) do
+      if used <= room + EPS then break end
+      used = used - s.counts[slot]
+      t = (slot + GUARD) * width(c) + c.per
+    end
+    return t
+  end
+  local window = window_at(c, t)
+  if window and (s.counts[window] or 0) <= room + EPS then return t end
+  if window == ms(c.wstart) and (s.counts[ms(c.wend)] or 0) <= room + EPS then return c.wend end
+  return math.max(t, c.wnext)
+end
+
+local function take(c, s, at, units)
+  if c.kind == 'bucket' then
+    local step = units * interval(c)
+    if units > 0 then s.tat = math.max(s.tat, at) + step else s.tat = s.tat + step end
+    return
+  end
+  local slot
+  if c.kind == 'rolling' then slot = math.floor(at / width(c)) else slot = window_at(c, at) end
+  if not slot then return end
+  local left = (s.counts[slot] or 0) + units
+  if left > EPS then s.counts[slot] = left else s.counts[slot] = nil end
+end
+
+local function prune(c, s)
+  if c.kind == 'bucket' then return end
+  local current = window_at(c, now)
+  for slot in pairs(s.counts) do
+    if (c.kind == 'rolling' and (slot + GUARD) * width(c) <= now - c.per)
+        or (c.kind == 'fixed' and current and slot < current) then
+      s.counts[slot] = nil
+    end
+  end
+end
+
+local function level(c, s)
+  local remaining, reset
+  if c.kind == 'bucket' then
+    local debt = math.max(0, s.tat - now)
+    remaining, reset = c.limit - debt / interval(c), debt
+  elseif c.kind == 'rolling' then
+    remaining = c.limit - rolling_used(c, s, now)
+    local live = live_slots(c, s, now)
+    if #live > 0 then reset = (live[1] + GUARD) * width(c) + c.per - now else reset = 0 end
+  else
+    local window = window_at(c, now)
+    remaining = c.limit - ((window and s.counts[window]) or 0)
+    if window == ms(c.wstart) then reset = c.wend - now else reset = c.wnext - now end
+  end
+  if s.paused > now then
+    remaining, reset = 0, math.max(reset, s.paused - now)
+  end
+  return math.max(0, math.floor(remaining + EPS)), math.max(0, reset)
+end
+
+local function adjust(c, s)
+  if c.pause then s.paused = math.max(s.paused, now + c.pause) end
+  if not c.remaining then return end
+  local remaining = math.max(0, c.remaining)
+  if c.reset and remaining < c.cost then
+    s.paused = math.max(s.paused, now + math.max(0, c.reset))
+    return
+  end
+  if c.kind == 'bucket' then
+    s.tat = math.max(s.tat, now + (c.limit - remaining) * interval(c))
+    return
+  end
+  prune(c, s)
+  local ours, used
+  if c.kind == 'rolling' then
+    ours, used = now + c.per, rolling_used(c, s, now)
+  else
+    local window = window_at(c, now)
+    if window == ms(c.wstart) then ours = c.wend else ours = c.wnext end
+    used = (window and s.counts[window]) or 0
+  end
+  if c.reset and now + c.reset < ours - EPS then return end
+  if c.limit - used > remaining then take(c, s, now, c.limit - used - remaining) end
+end
+
+local admitted, at, blocking = 0, now, -1
+local exceeded = {}
+if op == 'charge' then
+  local times = {}
+  for i, c in ipairs(charges) do
+    prune(c, states[i])
+    times[i] = earliest(c, states[i])
+    exceeded[i] = times[i] > now + EPS
+    if not c.shadow and times[i] > at + EPS then at, blocking = times[i], i - 1 end
+  end
+  if at - now <= arg + EPS then admitted = 1 end
+  for _, c in ipairs(charges) do
+    if c.kind == 'fixed' and not window_at(c, at) then admitted = 0 end
+  end
+  if admitted == 1 then
+    for i, c in ipairs(charges) do
+      if not c.shadow or times[i] <= at + EPS then take(c, states[i], at, c.cost) end
+    end
+  end
+elseif op == 'refund' then
+  for i, c in ipairs(charges) do take(c, states[i], arg, -c.cost) end
+elseif op == 'adjust' then
+  for i, c in ipairs(charges) do adjust(c, states[i]) end
+end
+
+local result = {admitted, num(at - now), blocking, num(at)}
+for i, c in ipairs(charges) do
+  local s = states[i]
+  if op ~= 'peek' then
+    redis.call('DEL', KEYS[i])
+    local fields = {'tat', num(s.tat), 'paused', num(s.paused)}
+    for slot, units in pairs(s.counts) do
+      fields[#fields + 1] = 'c:' .. string.format('%.0f', slot)
+      fields[#fields + 1] = num(units)
+    end
+    redis.call('HSET', KEYS[i], unpack(fields))
+    local keep = c.per + math.max(0, s.tat - now, s.paused - now, (c.wnext or 0) - now) + 60
+    redis.call('PEXPIRE', KEYS[i], math.ceil(keep * 1000))
+  end
+  local remaining, reset = level(c, s)
+  result[#result + 1] = remaining
+  result[#result + 1] = num(reset)
+  result[#result + 1] = (exceeded[i] and 1) or 0
+end
+return result
