@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from gateway.callers import ANONYMOUS
 from gateway.config.model import Budget, Caller, Config, Policy
-from gateway.core.budget import BUCKET, FIXED, Adjustment, Charge, Level, Verdict, fixed_window
+from gateway.core.budget import BUCKET, FIXED, ROLLING, Adjustment, Charge, Level, Verdict, fixed_window
 from gateway.errors import BadRequest, BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.metrics import Metrics
 from gateway.storage import Storage
@@ -34,6 +34,10 @@ T = TypeVar("T")
 RETRY_STORAGE = 1.0
 # How often a waiting request looks whether its caller is still connected (a local check).
 CALLER_CHECK = 0.25
+# A rolling quota's counts outlast its window by the longest a vendor took to answer in
+# the last LATENCY_SPAN seconds, at most LATENCY_SHARE of the window.
+LATENCY_SPAN = 60.0
+LATENCY_SHARE = 0.05
 
 
 @dataclass
@@ -43,11 +47,33 @@ class Charged:
     budgets: tuple[Budget, ...]
     charges: tuple[Charge, ...]
     levels: tuple[Level, ...] = ()
-    at: float = 0.0
+    at: float = 0.0  # when the request was to go, by the clock of the store that charged it
+    reserved: bool = False  # the budgets hold a place for it (not with on_storage_error: allow)
     local: bool = False  # charged to the in-process fallback
 
     def headers(self) -> dict[str, str]:
         return rate_limit_headers(self.budgets, self.levels)
+
+
+class SlowestAnswer:
+    """The longest an upstream took to answer over the last ``LATENCY_SPAN`` seconds, kept
+    in six buckets so that reading it costs the same at any request rate."""
+
+    BUCKETS = 6
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, float] = {}
+
+    def observe(self, seconds: float, now: float) -> None:
+        bucket = int(now // (LATENCY_SPAN / self.BUCKETS))
+        self._buckets[bucket] = max(self._buckets.get(bucket, 0.0), seconds)
+        for old in [b for b in self._buckets if b <= bucket - self.BUCKETS]:
+            del self._buckets[old]
+
+    def longest(self, now: float) -> float | None:
+        """None when nothing was seen lately."""
+        current = int(now // (LATENCY_SPAN / self.BUCKETS))
+        return max((v for b, v in self._buckets.items() if b > current - self.BUCKETS), default=None)
 
 
 @dataclass
@@ -78,6 +104,7 @@ class Budgets:
         self._health = _Health()
         self._windows: dict[int, tuple[float, float, float]] = {}
         self._pauses: dict[tuple[str, str], float] = {}  # this process's view, for sleeping waiters
+        self._slowest: dict[str, SlowestAnswer] = {}
         self.clock = clock
         self.sleep = sleep
 
@@ -90,9 +117,15 @@ class Budgets:
         now = self.clock()
         budgets = tuple(b for b in policy.budgets if b.match is None or b.match.fits(method, path))
         high = caller.priority == "high"
-        return Charged(budgets, tuple(self._charge(b, caller.name, high, now) for b in budgets))
+        slowest = self._slowest.get(policy.vendor)
+        latency = slowest.longest(now) if slowest is not None else None
+        return Charged(budgets, tuple(self._charge(b, caller.name, high, now, latency) for b in budgets))
 
-    def _charge(self, budget: Budget, caller: str, high: bool, now: float) -> Charge:
+    def observe(self, vendor: str, seconds: float) -> None:
+        """How long an upstream attempt took to answer (or fail)."""
+        self._slowest.setdefault(vendor, SlowestAnswer()).observe(seconds, self.clock())
+
+    def _charge(self, budget: Budget, caller: str, high: bool, now: float, latency: float | None = None) -> Charge:
         window = (0.0, 0.0, 0.0)
         if budget.window == FIXED:
             window = self._windows.get(id(budget), window)
@@ -107,6 +140,11 @@ class Budgets:
             held=0.0 if high else budget.reserve * budget.limit,
             shadow=budget.shadow,
             window=window,
+            # The vendor starts counting a request when it arrives, somewhere between our
+            # send and its answer: the count lasts that much longer (the most, until the
+            # vendor's answers have been timed).
+            margin=min(budget.per * LATENCY_SHARE, budget.per if latency is None else latency)
+            if budget.window == ROLLING else 0.0,
         )
 
     async def admit(self, policy: Policy, charged: Charged, max_wait: float, gone: Callable[[], bool]) -> None:
@@ -124,8 +162,9 @@ class Budgets:
         self._report(vendor, charged, verdict)
         if not verdict.admitted:
             raise self._exhausted(policy, charged, verdict.blocking, verdict.wait, max_wait)
-        self._metrics.budget_wait.labels(vendor).observe(verdict.wait)
-        latest = self.clock() + max_wait
+        charged.reserved = True
+        started = self.clock()
+        latest = started + max_wait
         wait = verdict.wait
         while wait > 0:
             try:
@@ -142,6 +181,7 @@ class Budgets:
             if now + wait > latest:
                 await self.refund(vendor, charged)
                 raise self._exhausted(policy, charged, -1, wait, max_wait)
+        self._metrics.budget_wait.labels(vendor).observe(self.clock() - started if verdict.wait > 0 else 0.0)
 
     async def _hold(self, wait: float, gone: Callable[[], bool]) -> bool:
         end = self.clock() + wait
@@ -153,6 +193,7 @@ class Budgets:
 
     async def refund(self, vendor: str, charged: Charged) -> None:
         """Give a reservation back (best effort: a failed refund only wastes the place)."""
+        charged.reserved = False
         store: Storage | LocalBudgets = self._local if charged.local else self._storage
         charges = self._scaled(charged.charges) if charged.local else charged.charges
         try:
@@ -164,8 +205,10 @@ class Budgets:
                     headers: Any) -> None:
         """Apply what the vendor's answer says: a 429 or 503 with Retry-After pauses every
         charged budget; ``follow`` headers lower our counters to the vendor's."""
+        if not charged.reserved:
+            return
         said = [_said(budget, status, retry_after, headers, self.clock()) for budget in charged.budgets]
-        if not charged.charges or all(s is None for s in said):
+        if all(s is None for s in said):
             return
         vendor = policy.vendor
         adjustments = [s or Adjustment() for s in said]
@@ -175,13 +218,22 @@ class Budgets:
                 key = (vendor, charge.key)
                 self._pauses[key] = max(self._pauses.get(key, 0.0), until)
             log.info("%s answered %d: budgets paused for %.1fs", vendor, status, retry_after)
-        verdict = await self._shared(
-            lambda store, charges: store.adjust_budgets(vendor, charges, adjustments), charged
-        )
-        if verdict is not None:
-            charged.levels = verdict.levels
-            for budget, lv in zip(charged.budgets, verdict.levels):
-                self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
+        try:  # on the store that charged the request
+            if charged.local:
+                verdict = await self._local.adjust_budgets(vendor, self._scaled(charged.charges), adjustments)
+            else:
+                verdict = await self._storage.adjust_budgets(vendor, charged.charges, adjustments)
+        except StorageError as exc:
+            self._storage_failed(exc, self.clock())
+            return
+        charged.levels = verdict.levels
+        for budget, lv in zip(charged.budgets, verdict.levels):
+            self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
+
+    async def failed(self, policy: Policy, charged: Charged, sent: bool) -> None:
+        """An attempt that never reached the vendor (its connection failed) costs nothing."""
+        if not sent and charged.reserved:
+            await self.refund(policy.vendor, charged)
 
     async def status(self, policy: Policy, callers: Sequence[Caller]) -> list[dict[str, object]]:
         """Each budget's limit, remaining and reset (per caller for ``key: caller``)."""

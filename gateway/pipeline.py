@@ -266,6 +266,7 @@ class Pipeline:
             try:
                 response = await self.clients.send(policy, out.method, url, headers, body.payload())
             except AttemptFailed as failure:
+                await self.budgets.failed(policy, ex.charged, failure.sent)
                 if body.too_large:
                     raise PayloadTooLarge(f"the request body is over the limit of {self.max_body} bytes") from None
                 outcome = Outcome(failure=failure.kind, sent=failure.sent)
@@ -277,6 +278,7 @@ class Pipeline:
                 await self.budgets.learn(policy, ex.charged, response.status, retry_after, response.headers)
             self.metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
             self.metrics.upstream_duration.labels(policy.vendor).observe(self.clock() - started)
+            self.budgets.observe(policy.vendor, self.clock() - started)
             if breaker is not None:
                 failed = is_failure(outcome.status, outcome.failure)
                 await self.breakers.record(policy.vendor, breaker, failed, probe)

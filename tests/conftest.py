@@ -127,10 +127,14 @@ class RedisClusterNodes:
 
     def __init__(self, workdir: Path) -> None:
         self.nodes = []
+        self.bus_ports = []
         for i in range(3):
             folder = workdir / f"cluster-{i}"
             folder.mkdir()
-            self.nodes.append(RedisServer(folder, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"))
+            # The bus port is explicit: the default, port + 10000, may be over 65535.
+            self.bus_ports.append(free_port())
+            self.nodes.append(RedisServer(folder, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                                          "--cluster-port", str(self.bus_ports[-1])))
 
     @property
     def url(self) -> str:
@@ -146,8 +150,8 @@ class RedisClusterNodes:
             ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
             for client, (low, high) in zip(clients, ranges):
                 client.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
-            for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+            for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:]):
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port, bus_port)
             deadline = time.monotonic() + 20
             while not all(c.execute_command("CLUSTER INFO")["cluster_state"] == "ok" for c in clients):
                 if time.monotonic() > deadline:

@@ -303,3 +303,23 @@ async def test_budgets_work_on_a_redis_cluster(gateway, vendor, redis_cluster):
     answers = await asyncio.gather(burst(a, 3), burst(b, 3))
     assert sorted(r.status for pair in answers for r in pair) == [200] * 4 + [429] * 2
     assert (await (await a.get("/readyz")).json())["status"] == "ready"
+
+
+async def test_a_request_that_never_reached_the_vendor_costs_no_budget(gateway):
+    from tests.conftest import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    client = await gateway({"vendor": "v", "upstream": closed, "budgets": [{"name": "burst", "limit": 1, "per": "60s"}]})
+    assert [(await client.get("/v/x")).status for _ in range(3)] == [502, 502, 502]
+
+
+def test_a_rolling_quota_outlasts_its_window_by_the_slowest_recent_answer():
+    from gateway.budgets import SlowestAnswer
+
+    slowest = SlowestAnswer()
+    assert slowest.longest(1000.0) is None  # unknown: the budget assumes the most
+    slowest.observe(0.2, 1000.0)
+    slowest.observe(0.05, 1030.0)
+    assert slowest.longest(1030.0) == 0.2
+    assert slowest.longest(1065.0) == 0.05  # a minute later the slow one is forgotten
+    assert slowest.longest(1200.0) is None

@@ -11,11 +11,12 @@ interval (``per / limit``) later. A request of cost c fits at time t when
 reserve held back from the caller).
 
 A rolling quota counts units in ``SLOTS`` slots per window. A slot still counts while
-any part of it lies inside the last ``per`` seconds, and for one slot more (a margin of
-``per / SLOTS`` for the network between us and the vendor, whose clock starts when our
-request arrives), so the count can only overstate what was sent: the quota is never
-exceeded, at the price of admitting up to two slots (2% of ``per``) late. A fixed quota
-counts units per calendar window (start, end).
+any part of it lies inside the last ``per`` seconds, and for a margin after that (at
+least one slot): the vendor's window starts when our request *arrives*, and requests
+take varying time to get there, so the margin is the longest the vendor has lately taken
+to answer. The count can only overstate what was sent: the quota is never exceeded, at
+the price of admitting up to one slot plus the margin late. A fixed quota counts units
+per calendar window (start, end).
 
 The Redis script ``gateway/storage/lua/budget.lua`` implements the same arithmetic
 on a hash per budget; ``tests/core/test_budget.py`` runs one table against both.
@@ -34,7 +35,6 @@ ROLLING = "rolling"
 FIXED = "fixed"
 
 SLOTS = 100
-GUARD = 2  # a slot counts until GUARD slot widths after its start have left the window
 # Float sums of emission intervals may land a hair after the exact instant.
 EPSILON = 1e-9
 
@@ -51,6 +51,7 @@ class Charge:
     held: float = 0.0  # units the request may not take: the reserve, below priority high
     shadow: bool = False
     window: tuple[float, float, float] = (0.0, 0.0, 0.0)  # FIXED: start, end, end of the next
+    margin: float = 0.0  # ROLLING: how long a count outlasts its window (at least one slot)
 
 
 @dataclass
@@ -86,6 +87,13 @@ def slot_width(charge: Charge) -> float:
     return charge.per / SLOTS
 
 
+def _kept(charge: Charge) -> float:
+    """How long after its start a slot keeps counting once it leaves the window: its width,
+    plus the margin (at least one slot more)."""
+    width = slot_width(charge)
+    return width + max(charge.margin, width)
+
+
 def _ms(t: float) -> int:
     return math.floor(t * 1000 + 0.5)
 
@@ -102,7 +110,7 @@ def _window_at(charge: Charge, t: float) -> int | None:
 
 def _rolling_used(charge: Charge, state: BudgetState, t: float) -> float:
     width = slot_width(charge)
-    return sum(units for slot, units in state.counts.items() if (slot + GUARD) * width > t - charge.per)
+    return sum(units for slot, units in state.counts.items() if slot * width + _kept(charge) > t - charge.per)
 
 
 def earliest(charge: Charge, state: BudgetState, now: float) -> float:
@@ -115,13 +123,13 @@ def earliest(charge: Charge, state: BudgetState, now: float) -> float:
     room = charge.limit - charge.held - charge.cost
     if charge.kind == ROLLING:
         width = slot_width(charge)
-        counted = sorted(slot for slot in state.counts if (slot + GUARD) * width > t - charge.per)
+        counted = sorted(slot for slot in state.counts if slot * width + _kept(charge) > t - charge.per)
         used = sum(state.counts[slot] for slot in counted)
         for slot in counted:
             if used <= room + EPSILON:
                 break
             used -= state.counts[slot]
-            t = (slot + GUARD) * width + charge.per
+            t = slot * width + _kept(charge) + charge.per
         return t
     window = _window_at(charge, t)
     if window is not None and state.counts.get(window, 0.0) <= room + EPSILON:
@@ -151,7 +159,7 @@ def prune(charge: Charge, state: BudgetState, now: float) -> None:
     """Forget counts that can no longer matter."""
     if charge.kind == ROLLING:
         width = slot_width(charge)
-        gone = [slot for slot in state.counts if (slot + GUARD) * width <= now - charge.per]
+        gone = [slot for slot in state.counts if slot * width + _kept(charge) <= now - charge.per]
     elif charge.kind == FIXED:
         current = _window_at(charge, now)
         gone = [start for start in state.counts if current is not None and start < current]
@@ -168,8 +176,8 @@ def level(charge: Charge, state: BudgetState, now: float) -> Level:
     elif charge.kind == ROLLING:
         remaining = charge.limit - _rolling_used(charge, state, now)
         width = slot_width(charge)
-        live = [slot for slot in state.counts if (slot + GUARD) * width > now - charge.per]
-        reset = (min(live) + GUARD) * width + charge.per - now if live else 0.0
+        live = [slot for slot in state.counts if slot * width + _kept(charge) > now - charge.per]
+        reset = min(live) * width + _kept(charge) + charge.per - now if live else 0.0
     else:
         window = _window_at(charge, now)
         remaining = charge.limit - (state.counts.get(window, 0.0) if window is not None else 0.0)

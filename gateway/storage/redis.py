@@ -118,7 +118,8 @@ class RedisStorage:
         args: list[str | int] = [op, "" if now is None else repr(now), repr(arg)]
         for i, c in enumerate(charges):
             what = said[i] if said else Adjustment()
-            args += [c.kind, repr(c.limit), repr(c.per), c.cost, repr(c.held), int(c.shadow), *map(repr, c.window)]
+            args += [c.kind, repr(c.limit), repr(c.per), c.cost, repr(c.held), int(c.shadow), *map(repr, c.window),
+                     repr(c.margin)]
             args += ["" if v is None else repr(v) for v in (what.pause, what.remaining, what.reset)]
         keys = [key(vendor, f"budget:{c.key}") for c in charges]
         reply = await self._call("budget", self._budget(keys=keys, args=args))

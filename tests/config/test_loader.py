@@ -116,6 +116,8 @@ def test_cross_field_rules(tmp_path):
         budgets:
           - {name: x, limit: 5, per: 1s, reset: "03:00"}
           - {name: x, limit: 5, per: 1d, window: fixed, reset: "25:00", timezone: Mars/Base, cost: 9}
+          - {name: y, limit: 10, per: 1s, cost: 3, reserve: 80%}
+          - {name: z, limit: 2, per: 1s, cost: 3}
         cache:
           - {match: {methods: [DELETE]}, ttl: 1m}
     """)
@@ -125,7 +127,9 @@ def test_cross_field_rules(tmp_path):
     assert "a.yaml:5: budgets[0].reset: only applies with window: fixed" in text
     assert "budgets[1].reset: '25:00' does not match" in text
     assert "budgets[1].timezone: unknown time zone 'Mars/Base'" in text
-    assert "a.yaml:8: cache[0].match: only GET, HEAD and POST lookups are cached, not DELETE" in text
+    assert "budgets[3].cost: cost 3 is more than the limit 2: no request could ever pass" in text
+    assert "budgets[2].reserve: a reserve of 80% leaves less than one request's cost to callers below priority high" in text
+    assert "a.yaml:10: cache[0].match: only GET, HEAD and POST lookups are cached, not DELETE" in text
 
 
 def test_reserved_and_duplicate_vendor_names(tmp_path):

@@ -24,6 +24,7 @@ RESERVED = Charge("burst", BUCKET, limit=10, per=10.0, cost=1, held=2)  # a norm
 DAILY = Charge("daily", ROLLING, limit=5, per=100.0, cost=1)  # slots of 1 s
 WINDOW = (T0 - 10, T0 + 50, T0 + 110)
 FIXED_Q = Charge("month", FIXED, limit=3, per=60.0, cost=1, window=WINDOW)
+SLOW = Charge("slow", ROLLING, limit=2, per=100.0, cost=1, margin=5.0)  # answers took up to 5 s
 SHADOW = Charge("credits", FIXED, limit=2, per=60.0, cost=1, shadow=True, window=WINDOW)
 
 # (seconds after T0, op, charges, argument) -> expected (admitted, wait, blocking, levels) for
@@ -73,6 +74,10 @@ SCENARIO = [
     (207.0, "adjust", [BURST], Adjustment(remaining=8.0), [(3, 7.0)]),  # never raised
     (207.0, "adjust", [BURST], Adjustment(remaining=0.0, reset=30.0), [(0, 30.0)]),
     (207.0, "adjust", [DAILY], Adjustment(remaining=1.0), [(1, 27.0)]),
+    # With a margin of 5 s, a count of a slot outlasts the window by 5 s, not one slot.
+    (700.0, "charge", [SLOW], 0.0, (True, 0.0, -1, [(1, 106.0)])),
+    (700.5, "charge", [SLOW], 0.0, (True, 0.0, -1, [(0, 105.5)])),
+    (701.0, "charge", [SLOW], 0.0, (False, 105.0, 0, [(0, 105.0)])),
 ]
 
 

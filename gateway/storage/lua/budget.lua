@@ -3,8 +3,8 @@
 -- KEYS: one hash per budget charged (fields tat, paused, c:<slot or window start ms>).
 -- ARGV[1]: op: "charge" | "refund" | "adjust" | "peek"; ARGV[2]: now in seconds ("" for
 -- Redis's clock); ARGV[3]: charge: max_wait; refund: the time the refunded request was to go.
--- Then 12 fields per key: kind, limit, per, cost, held, shadow (0|1), window start, end,
--- next end, and for adjust: pause, remaining, reset ("" where the vendor said nothing).
+-- Then 13 fields per key: kind, limit, per, cost, held, shadow (0|1), window start, end,
+-- next end, margin, and for adjust: pause, remaining, reset ("" where the vendor said nothing).
 -- Returns {admitted (0|1), wait, blocking (0-based, -1 for none), at, then per key:
 -- remaining, reset, exceeded (0|1)}; times as strings (Lua numbers would be truncated).
 local op = ARGV[1]
@@ -14,19 +14,20 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local arg = tonumber(ARGV[3]) or 0
-local EPS, SLOTS, GUARD = 1e-9, 100, 2
+local EPS, SLOTS = 1e-9, 100
 
 local function num(x) return string.format('%.17g', x) end
 local function ms(t) return math.floor(t * 1000 + 0.5) end
 
 local charges, states = {}, {}
 for i = 1, #KEYS do
-  local b = 3 + (i - 1) * 12
+  local b = 3 + (i - 1) * 13
   charges[i] = {
     kind = ARGV[b + 1], limit = tonumber(ARGV[b + 2]), per = tonumber(ARGV[b + 3]),
     cost = tonumber(ARGV[b + 4]), held = tonumber(ARGV[b + 5]), shadow = ARGV[b + 6] == '1',
     wstart = tonumber(ARGV[b + 7]), wend = tonumber(ARGV[b + 8]), wnext = tonumber(ARGV[b + 9]),
-    pause = tonumber(ARGV[b + 10]), remaining = tonumber(ARGV[b + 11]), reset = tonumber(ARGV[b + 12]),
+    margin = tonumber(ARGV[b + 10]),
+    pause = tonumber(ARGV[b + 11]), remaining = tonumber(ARGV[b + 12]), reset = tonumber(ARGV[b + 13]),
   }
   local s = {tat = 0, paused = 0, counts = {}}
   local fields = redis.call('HGETALL', KEYS[i])
@@ -41,6 +42,7 @@ end
 
 local function interval(c) return c.per / c.limit end
 local function width(c) return c.per / SLOTS end
+local function kept(c) return width(c) + math.max(c.margin, width(c)) end
 
 local function window_at(c, t)
   if t < c.wend then return ms(c.wstart) end
@@ -51,7 +53,7 @@ end
 local function live_slots(c, s, t)
   local slots = {}
   for slot in pairs(s.counts) do
-    if (slot + GUARD) * width(c) > t - c.per then slots[#slots + 1] = slot end
+    if slot * width(c) + kept(c) > t - c.per then slots[#slots + 1] = slot end
   end
   table.sort(slots)
   return slots
@@ -77,7 +79,7 @@ local function earliest(c, s)
     for _, slot in ipairs(counted) do
       if used <= room + EPS then break end
       used = used - s.counts[slot]
-      t = (slot + GUARD) * width(c) + c.per
+      t = slot * width(c) + kept(c) + c.per
     end
     return t
   end
@@ -104,7 +106,7 @@ local function prune(c, s)
   if c.kind == 'bucket' then return end
   local current = window_at(c, now)
   for slot in pairs(s.counts) do
-    if (c.kind == 'rolling' and (slot + GUARD) * width(c) <= now - c.per)
+    if (c.kind == 'rolling' and slot * width(c) + kept(c) <= now - c.per)
         or (c.kind == 'fixed' and current and slot < current) then
       s.counts[slot] = nil
     end
@@ -119,7 +121,7 @@ local function level(c, s)
   elseif c.kind == 'rolling' then
     remaining = c.limit - rolling_used(c, s, now)
     local live = live_slots(c, s, now)
-    if #live > 0 then reset = (live[1] + GUARD) * width(c) + c.per - now else reset = 0 end
+    if #live > 0 then reset = live[1] * width(c) + kept(c) + c.per - now else reset = 0 end
   else
     local window = window_at(c, now)
     remaining = c.limit - ((window and s.counts[window]) or 0)
