@@ -15,11 +15,21 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from gateway.callers import ANONYMOUS
 from gateway.config.model import Budget, Caller, Config, Policy
-from gateway.core.budget import BUCKET, FIXED, ROLLING, Adjustment, Charge, Level, Verdict, fixed_window
+from gateway.core.budget import (
+    BUCKET,
+    FIXED,
+    MAX_MARGIN,
+    ROLLING,
+    Adjustment,
+    Charge,
+    Level,
+    Verdict,
+    fixed_window,
+)
 from gateway.errors import BadRequest, BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.metrics import Metrics
 from gateway.storage import Storage
@@ -27,17 +37,13 @@ from gateway.storage.memory import LocalBudgets
 
 log = logging.getLogger("gateway.budgets")
 
-T = TypeVar("T")
-
 # After shared storage fails, requests use the fallback for this long before one of them
 # tries storage again: a dead Redis costs one timeout a second, not one per request.
 RETRY_STORAGE = 1.0
 # How often a waiting request looks whether its caller is still connected (a local check).
 CALLER_CHECK = 0.25
-# A rolling quota's counts outlast its window by the longest a vendor took to answer in
-# the last LATENCY_SPAN seconds, at most LATENCY_SHARE of the window.
-LATENCY_SPAN = 60.0
-LATENCY_SHARE = 0.05
+# Vendor answers said to wait longer than this are taken to say this (a day).
+MAX_PAUSE = 86400.0
 
 
 @dataclass
@@ -56,24 +62,30 @@ class Charged:
 
 
 class SlowestAnswer:
-    """The longest an upstream took to answer over the last ``LATENCY_SPAN`` seconds, kept
-    in six buckets so that reading it costs the same at any request rate."""
+    """The longest a vendor took to answer: over a recent span (10 s buckets for the last
+    ten minutes, so reading it costs the same at any request rate), or since start for
+    longer spans."""
 
-    BUCKETS = 6
+    STEP = 10.0
+    RECENT = 600.0
 
     def __init__(self) -> None:
         self._buckets: dict[int, float] = {}
+        self._ever: float | None = None
 
     def observe(self, seconds: float, now: float) -> None:
-        bucket = int(now // (LATENCY_SPAN / self.BUCKETS))
+        bucket = int(now // self.STEP)
         self._buckets[bucket] = max(self._buckets.get(bucket, 0.0), seconds)
-        for old in [b for b in self._buckets if b <= bucket - self.BUCKETS]:
+        self._ever = max(self._ever or 0.0, seconds)
+        for old in [b for b in self._buckets if (bucket - b) * self.STEP > self.RECENT]:
             del self._buckets[old]
 
-    def longest(self, now: float) -> float | None:
-        """None when nothing was seen lately."""
-        current = int(now // (LATENCY_SPAN / self.BUCKETS))
-        return max((v for b, v in self._buckets.items() if b > current - self.BUCKETS), default=None)
+    def longest(self, now: float, span: float) -> float | None:
+        """Over the last ``span`` seconds; None when nothing was seen in it."""
+        if span > self.RECENT:
+            return self._ever
+        current = int(now // self.STEP)
+        return max((v for b, v in self._buckets.items() if (current - b) * self.STEP <= span), default=None)
 
 
 @dataclass
@@ -105,6 +117,8 @@ class Budgets:
         self._windows: dict[int, tuple[float, float, float]] = {}
         self._pauses: dict[tuple[str, str], float] = {}  # this process's view, for sleeping waiters
         self._slowest: dict[str, SlowestAnswer] = {}
+        self._last: dict[tuple[str, str], Level] = {}  # levels last read from shared storage
+        self._seeded: set[tuple[str, str]] = set()  # fallback budgets started from those
         self.clock = clock
         self.sleep = sleep
 
@@ -118,33 +132,42 @@ class Budgets:
         budgets = tuple(b for b in policy.budgets if b.match is None or b.match.fits(method, path))
         high = caller.priority == "high"
         slowest = self._slowest.get(policy.vendor)
-        latency = slowest.longest(now) if slowest is not None else None
-        return Charged(budgets, tuple(self._charge(b, caller.name, high, now, latency) for b in budgets))
+        return Charged(budgets, tuple(self._charge(b, caller.name, high, now, slowest) for b in budgets))
 
     def observe(self, vendor: str, seconds: float) -> None:
         """How long an upstream attempt took to answer (or fail)."""
         self._slowest.setdefault(vendor, SlowestAnswer()).observe(seconds, self.clock())
 
-    def _charge(self, budget: Budget, caller: str, high: bool, now: float, latency: float | None = None) -> Charge:
+    def _charge(
+        self, budget: Budget, caller: str, high: bool, now: float, slowest: SlowestAnswer | None = None
+    ) -> Charge:
         window = (0.0, 0.0, 0.0)
         if budget.window == FIXED:
             window = self._windows.get(id(budget), window)
             if now >= window[1]:
                 window = self._windows[id(budget)] = fixed_window(now, budget.per, budget.reset, budget.timezone)
+        margin = 0.0
+        if budget.window == ROLLING:
+            # The vendor starts counting a request when it arrives, somewhere between our
+            # send and its answer: the count lasts that much longer, as long as the slowest
+            # answer while it counts (the most, until the vendor's answers have been timed).
+            most = budget.per * MAX_MARGIN
+            latency = slowest.longest(now, budget.per + most) if slowest is not None else None
+            margin = most if latency is None else min(most, latency)
+        kind = budget.window or BUCKET
+        # The kind and span are in the key: a policy changed to other ones starts afresh
+        # instead of reading counts kept in another form.
+        key = f"{budget.name}:{kind}:{budget.per:g}"
         return Charge(
-            key=budget.name if budget.key == "shared" else f"{budget.name}:{caller}",
-            kind=budget.window or BUCKET,
+            key=key if budget.key == "shared" else f"{key}:{caller}",
+            kind=kind,
             limit=budget.limit,
             per=budget.per,
             cost=budget.cost,
             held=0.0 if high else budget.reserve * budget.limit,
             shadow=budget.shadow,
             window=window,
-            # The vendor starts counting a request when it arrives, somewhere between our
-            # send and its answer: the count lasts that much longer (the most, until the
-            # vendor's answers have been timed).
-            margin=min(budget.per * LATENCY_SHARE, budget.per if latency is None else latency)
-            if budget.window == ROLLING else 0.0,
+            margin=margin,
         )
 
     async def admit(self, policy: Policy, charged: Charged, max_wait: float, gone: Callable[[], bool]) -> None:
@@ -153,35 +176,39 @@ class Budgets:
         if not charged.charges:
             return
         vendor = policy.vendor
-        verdict = await self._shared(
-            lambda store, charges: store.charge_budgets(vendor, charges, max_wait), charged
-        )
-        if verdict is None:  # storage failed and on_storage_error: allow
-            return
-        charged.levels, charged.at = verdict.levels, verdict.at
-        self._report(vendor, charged, verdict)
-        if not verdict.admitted:
-            raise self._exhausted(policy, charged, verdict.blocking, verdict.wait, max_wait)
-        charged.reserved = True
         started = self.clock()
-        latest = started + max_wait
-        wait = verdict.wait
-        while wait > 0:
+        latest, first, waited = started + max_wait, True, False
+        while True:
+            allowed = max(0.0, latest - self.clock())
+            verdict = await self._shared(
+                vendor, lambda store, charges: store.charge_budgets(vendor, charges, allowed), charged
+            )
+            if verdict is None:  # storage failed and on_storage_error: allow
+                return
+            charged.levels, charged.at = verdict.levels, verdict.at
+            self._report(vendor, charged, verdict, count_exhausted=first)
+            if not verdict.admitted:
+                name = charged.budgets[verdict.blocking].name if verdict.blocking >= 0 else None
+                raise self._exhausted(policy, charged, name, verdict.wait, max_wait)
+            charged.reserved, first = True, False
+            if verdict.wait <= 0:
+                break
+            waited = True
             try:
-                held = await self._hold(wait, gone)
+                held = await self._hold(verdict.wait, gone)
             except asyncio.CancelledError:  # a server with handler_cancellation: the caller left
                 await self.refund(vendor, charged)
                 raise
             if not held:
                 await self.refund(vendor, charged)
                 raise CallerGone("the caller left while waiting for budget", vendor=vendor)
-            # A pause learnt while this request slept (an upstream 429) holds it longer.
+            # A pause learnt while this request slept (an upstream 429) came after its place
+            # was given: going now would go early. It gives the place back and asks again.
             now = self.clock()
-            wait = max(self._pauses.get((vendor, c.key), 0.0) for c in charged.charges) - now
-            if now + wait > latest:
-                await self.refund(vendor, charged)
-                raise self._exhausted(policy, charged, -1, wait, max_wait)
-        self._metrics.budget_wait.labels(vendor).observe(self.clock() - started if verdict.wait > 0 else 0.0)
+            if not any(self._pauses.get((vendor, c.key), 0.0) > now for c in charged.charges):
+                break
+            await self.refund(vendor, charged)
+        self._metrics.budget_wait.labels(vendor).observe(self.clock() - started if waited else 0.0)
 
     async def _hold(self, wait: float, gone: Callable[[], bool]) -> bool:
         end = self.clock() + wait
@@ -213,11 +240,12 @@ class Budgets:
         vendor = policy.vendor
         adjustments = [s or Adjustment() for s in said]
         if retry_after is not None and status in (429, 503):
-            until = self.clock() + retry_after
+            until = self.clock() + min(retry_after, MAX_PAUSE)
             for charge in charged.charges:
-                key = (vendor, charge.key)
-                self._pauses[key] = max(self._pauses.get(key, 0.0), until)
-            log.info("%s answered %d: budgets paused for %.1fs", vendor, status, retry_after)
+                if not charge.shadow:
+                    key = (vendor, charge.key)
+                    self._pauses[key] = max(self._pauses.get(key, 0.0), until)
+            log.info("%s answered %d: budgets paused for %.1fs", vendor, status, min(retry_after, MAX_PAUSE))
         try:  # on the store that charged the request
             if charged.local:
                 verdict = await self._local.adjust_budgets(vendor, self._scaled(charged.charges), adjustments)
@@ -230,9 +258,10 @@ class Budgets:
         for budget, lv in zip(charged.budgets, verdict.levels):
             self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
 
-    async def failed(self, policy: Policy, charged: Charged, sent: bool) -> None:
-        """An attempt that never reached the vendor (its connection failed) costs nothing."""
-        if not sent and charged.reserved:
+    async def unused(self, policy: Policy, charged: Charged) -> None:
+        """An attempt that never reached the vendor (breaker open, no credential, connection
+        refused) costs nothing: its charge goes back."""
+        if charged.reserved:
             await self.refund(policy.vendor, charged)
 
     async def status(self, policy: Policy, callers: Sequence[Caller]) -> list[dict[str, object]]:
@@ -253,7 +282,7 @@ class Budgets:
             now = self.clock()
             charged = Charged((budget,) * len(who), tuple(self._charge(budget, c.name, True, now) for c in who))
             try:
-                verdict = await self._shared(lambda store, charges: store.peek_budgets(vendor, charges), charged)
+                verdict = await self._shared(vendor, lambda store, charges: store.peek_budgets(vendor, charges), charged)
             except StorageUnavailable:
                 verdict = None
             if verdict is None:
@@ -269,8 +298,8 @@ class Budgets:
         return out
 
     async def _shared(
-        self, call: Callable[[Any, Sequence[Charge]], Awaitable[T]], charged: Charged
-    ) -> T | None:
+        self, vendor: str, call: Callable[[Any, Sequence[Charge]], Awaitable[Verdict]], charged: Charged
+    ) -> Verdict | None:
         """Run a budget call on shared storage, or on the fallback while storage fails."""
         health, now = self._health, self.clock()
         if health.down_since is None or (now >= health.retry_at and not health.probing):
@@ -284,6 +313,9 @@ class Budgets:
                     log.warning("budget storage answers again after %.1fs", now - health.down_since)
                     health.down_since = None
                     self._metrics.storage_fallback.set(0)
+                    self._seeded.clear()
+                for charge, lv in zip(charged.charges, result.levels):
+                    self._last[(vendor, charge.key)] = lv
                 charged.local = False
                 return result
             finally:
@@ -293,7 +325,18 @@ class Budgets:
         if self._on_error == "allow":
             return None
         charged.local = True
-        return await call(self._local, self._scaled(charged.charges))
+        scaled = self._scaled(charged.charges)
+        await self._seed(vendor, scaled)
+        return await call(self._local, scaled)
+
+    async def _seed(self, vendor: str, scaled: Sequence[Charge]) -> None:
+        """A budget's first use in the fallback starts from its level last read from shared
+        storage (this process's share of it), not from full."""
+        fresh = [c for c in scaled if (vendor, c.key) not in self._seeded and (vendor, c.key) in self._last]
+        if fresh:
+            said = [Adjustment(remaining=self._last[(vendor, c.key)].remaining / self._workers) for c in fresh]
+            await self._local.adjust_budgets(vendor, fresh, said)
+        self._seeded.update((vendor, c.key) for c in scaled)
 
     def _storage_failed(self, exc: StorageError, now: float) -> None:
         health = self._health
@@ -313,14 +356,15 @@ class Budgets:
             for c in charges
         ]
 
-    def _report(self, vendor: str, charged: Charged, verdict: Verdict) -> None:
+    def _report(self, vendor: str, charged: Charged, verdict: Verdict, *, count_exhausted: bool) -> None:
         for budget, lv, exceeded in zip(charged.budgets, verdict.levels, verdict.exceeded):
             self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
-            if exceeded:
+            if exceeded and count_exhausted:
                 self._metrics.budget_exhausted.labels(vendor, budget.name).inc()
 
-    def _exhausted(self, policy: Policy, charged: Charged, blocking: int, wait: float, max_wait: float) -> BudgetExhausted:
-        budget = charged.budgets[blocking].name if blocking >= 0 else None
+    def _exhausted(
+        self, policy: Policy, charged: Charged, budget: str | None, wait: float, max_wait: float
+    ) -> BudgetExhausted:
         what = f"budget {budget!r}" if budget else "a paused budget"
         return BudgetExhausted(
             f"{what} of {policy.vendor} admits this request in {wait:.2f}s; it may wait {max_wait:g}s",
@@ -332,7 +376,7 @@ class Budgets:
 
 
 def _said(budget: Budget, status: int, retry_after: float | None, headers: Any, now: float) -> Adjustment | None:
-    pause = retry_after if status in (429, 503) else None
+    pause = min(retry_after, MAX_PAUSE) if retry_after is not None and status in (429, 503) else None
     remaining = reset = None
     follow = budget.follow
     if follow is not None:
@@ -343,6 +387,8 @@ def _said(budget: Budget, status: int, retry_after: float | None, headers: Any, 
                 reset /= 1000
             elif reset is not None and follow.reset_unit == "epoch":
                 reset -= now
+    if reset is not None:
+        reset = min(reset, MAX_PAUSE)
     if pause is None and remaining is None:
         return None
     return Adjustment(pause=pause, remaining=remaining, reset=reset)

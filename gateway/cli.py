@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -83,10 +82,6 @@ def _serve(settings: Settings) -> int:
     if refusal:
         print(f"gateway: {refusal}", file=sys.stderr)
         return 2
-    for vendor, sections in sorted(process.not_enforced_yet(settings).items()):
-        logging.getLogger("gateway").warning(
-            "%s: %s validated but not enforced by this version (see README, Status)", vendor, ", ".join(sections)
-        )
     try:
         return process.serve(settings)
     except OSError as exc:

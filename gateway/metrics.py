@@ -71,6 +71,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache_requests = Counter(
+            "gateway_cache_requests_total",
+            "Requests on cached routes by result (hit, miss, stale, bypass)",
+            ["vendor", "result"],
+            registry=self.registry,
+        )
+
         self.credential_refreshes = Counter(
             "gateway_credential_refreshes_total",
             "Access token refreshes by result",

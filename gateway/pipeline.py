@@ -2,9 +2,10 @@
 
 1. route      vendor from the first path segment; the rest checked; URL from the policy
 2. caller     who is calling, may they use this vendor
-3. (cache)    arrives with the cache issue
-4. attempts   per attempt: (breaker, budget), credential, send, classify, back off
-5. (store)    arrives with the cache and dead-letter issues
+3. cache      a fresh stored answer goes out at once, no budget taken; identical misses
+              wait for one fetch
+4. attempts   per attempt: breaker, budget, credential, send, classify, back off
+5. store      keep a cacheable answer; keep a failed write as a dead letter
 6. answer     stream the vendor's answer with our headers added
 
 Cheap steps come first, so what costs money (budget, upstream calls) is spent last.
@@ -29,11 +30,13 @@ from multidict import CIMultiDict
 from gateway.body import REPLAY_LIMIT, RequestBody, read_body
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets, Charged, max_wait
+from gateway.cache import Flight, Lookup, ResponseCache
 from gateway.callers import ANONYMOUS, CallerDirectory
 from gateway.config.loader import Settings
 from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.breaker import is_failure
+from gateway.core.cache import Entry, entry_for, storable
 from gateway.core.headers import CALLER_ONLY, hop_by_hop, parse_retry_after
 from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
 from gateway.credentials import CredentialProvider
@@ -60,6 +63,8 @@ REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK = 64 * 1024
+# Gateway errors after which a stale stored answer is served instead (stale_if_error).
+_STALE_ON = frozenset({502, 503, 504})
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Exchange:
     max_wait: float = 0.0  # seconds an attempt may wait for budget
     gone: Callable[[], bool] = lambda: False  # whether the caller has disconnected
     charged: Charged | None = None  # the budgets of the latest attempt
+    cache: str | None = None  # X-Gateway-Cache on a cacheable route
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class Pipeline:
         credentials: Mapping[str, CredentialProvider],
         breakers: CircuitBreakers,
         budgets: Budgets,
+        cache: ResponseCache,
         dead_letters: DeadLetterBox,
         metrics: Metrics,
         *,
@@ -122,6 +129,7 @@ class Pipeline:
         self.credentials = credentials
         self.breakers = breakers
         self.budgets = budgets
+        self.cache = cache
         self.dead_letters = dead_letters
         self.clients = clients
         self.metrics = metrics
@@ -139,12 +147,16 @@ class Pipeline:
             ex.gone = lambda: request.transport is None or request.transport.is_closing()
             body = await read_body(request, self.max_body)
             out = Outgoing(request.method, target, forward_headers(request, ex.request_id, body), body)
-            try:
-                upstream = await self.attempts(ex, policy, out)
-            except GatewayError as err:
-                if self.keeps(policy, out, err.status, by_gateway=True):
-                    await self.dead_letters.keep(ex, out, err.status, f"{err.type}: {err.detail}")
-                raise
+            lookup = (
+                self.cache.lookup(policy, out.method, target.path, target.query, out.headers, body.data)
+                if policy.cache and body.replayable
+                else None
+            )
+            if lookup is not None:
+                response = await self.cached(ex, request, policy, out, lookup)
+                status = response.status
+                return response
+            upstream = await self.send(ex, policy, out)
             status = upstream.status
             if self.keeps(policy, out, upstream.status, by_gateway=False):
                 return await self.answer_and_keep(ex, request, out, upstream)
@@ -166,6 +178,101 @@ class Pipeline:
             self.metrics.requests.labels(ex.vendor, method, str(status), ex.caller).inc()
             if ex.vendor != "unknown":
                 self.metrics.request_duration.labels(ex.vendor).observe(self.clock() - ex.started)
+
+    async def send(self, ex: Exchange, policy: Policy, out: Outgoing) -> aiohttp.ClientResponse:
+        """The attempts; a write the gateway gives up on is kept as a dead letter."""
+        try:
+            return await self.attempts(ex, policy, out)
+        except GatewayError as err:
+            if self.keeps(policy, out, err.status, by_gateway=True):
+                await self.dead_letters.keep(ex, out, err.status, f"{err.type}: {err.detail}")
+            raise
+
+    async def cached(
+        self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, lookup: Lookup
+    ) -> web.StreamResponse:
+        """A cacheable request: a fresh stored answer, or one fetch shared by identical misses."""
+        cache = self.cache
+        now = time.time()
+        stored = None if lookup.bypass else await cache.read(lookup)
+        if stored is not None and stored.fresh(now):
+            cache.count(policy.vendor, "hit")
+            return self.stored_answer(ex, request, stored, "HIT")
+        ex.cache = "BYPASS" if lookup.bypass else "MISS"
+        cache.count(policy.vendor, ex.cache.lower())
+        stale = stored if stored is not None and stored.usable_stale(now) else None
+        if lookup.bypass:
+            return await self.fetch(ex, request, policy, out, lookup, stale, None)
+        async with cache.flight(lookup) as flight:
+            if not flight.leading:
+                # Shielded: a follower whose caller leaves must not cancel the others' wait.
+                shared = await asyncio.shield(flight.answer)
+                if shared is not None:
+                    return self.stored_answer(ex, request, shared, "MISS")
+                return await self.fetch(ex, request, policy, out, lookup, stale, None)
+            async with cache.across_processes(lookup, policy.timeout) as fetched:
+                if fetched is not None:
+                    flight.share(fetched)
+                    return self.stored_answer(ex, request, fetched, "MISS")
+                return await self.fetch(ex, request, policy, out, lookup, stale, flight)
+
+    async def fetch(
+        self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, lookup: Lookup,
+        stale: Entry | None, flight: Flight | None,
+    ) -> web.StreamResponse:
+        """Ask the vendor; store a cacheable answer and share it with those waiting for it.
+        When every attempt fails, a stale stored answer (stale_if_error) goes out instead."""
+        try:
+            upstream = await self.send(ex, policy, out)
+        except GatewayError as err:
+            if stale is not None and err.status in _STALE_ON:
+                return self.serve_stale(ex, request, policy, stale)
+            raise
+        if stale is not None and upstream.status >= 500:
+            upstream.close()
+            return self.serve_stale(ex, request, policy, stale)
+        if self.keeps(policy, out, upstream.status, by_gateway=False):
+            return await self.answer_and_keep(ex, request, out, upstream)
+        limit = lookup.rule.max_size
+        if upstream.content_length is not None and upstream.content_length > limit:
+            return await self.answer(ex, request, upstream)  # too large to keep: streamed
+        body = bytearray()
+        try:
+            while len(body) <= limit and (chunk := await upstream.content.readany()):
+                body += chunk
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            upstream.close()
+            raise UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor) from None
+        if len(body) > limit:
+            return await self.answer(ex, request, upstream, bytes(body))
+        upstream.release()
+        vary = upstream.headers.getall("Vary", [])
+        entry = entry_for(
+            upstream.status, upstream.reason or "", list(self.vendor_headers(upstream).items()), bytes(body),
+            lookup.headers, vary, time.time(), lookup.rule.ttl, lookup.rule.stale_if_error,
+        )
+        if storable(upstream.status, upstream.headers.getall("Cache-Control", []), vary):
+            await self.cache.store(lookup, entry)
+        if flight is not None:
+            flight.share(entry)
+        return self.stored_answer(ex, request, entry, ex.cache or "MISS")
+
+    def serve_stale(self, ex: Exchange, request: web.Request, policy: Policy, stale: Entry) -> web.Response:
+        log.warning("%s: every attempt failed; serving a stale stored answer", policy.vendor,
+                    extra={"request_id": ex.request_id})
+        self.cache.count(policy.vendor, "stale")
+        return self.stored_answer(ex, request, stale, "STALE")
+
+    def stored_answer(self, ex: Exchange, request: web.Request, entry: Entry, result: str) -> web.Response:
+        headers: CIMultiDict[str] = CIMultiDict(entry.headers)
+        headers["X-Request-Id"] = ex.request_id
+        headers["X-Gateway-Attempts"] = str(ex.attempts)
+        headers["X-Gateway-Cache"] = result
+        headers["Age"] = str(entry.age(time.time()))
+        if ex.charged is not None:
+            headers.update(ex.charged.headers())
+        body = b"" if request.method == "HEAD" else entry.body
+        return web.Response(status=entry.status, reason=entry.reason, headers=headers, body=body)
 
     @staticmethod
     def keeps(policy: Policy, out: Outgoing, status: int, *, by_gateway: bool) -> bool:
@@ -245,28 +352,36 @@ class Pipeline:
         body = out.body
         renewed = False
         while True:
+            # Budget before breaker: a half-open breaker's one probe must not be handed to
+            # a request that then waits for budget, or is refused it.
+            ex.charged = self.budgets.charges(policy, out.method, out.target.path, ex.who)
+            await self.budgets.admit(policy, ex.charged, ex.max_wait, ex.gone)
             probe = False
             if breaker is not None:
                 admission = await self.breakers.admit(policy.vendor, breaker)
                 if not admission.allowed:
+                    await self.budgets.unused(policy, ex.charged)
                     raise CircuitOpen(
                         f"{policy.vendor} is failing; the next probe is in {admission.retry_after:.0f}s",
                         vendor=policy.vendor,
                         retry_after=admission.retry_after,
                     )
                 probe = admission.probe
-            ex.charged = self.budgets.charges(policy, out.method, out.target.path, ex.who)
-            await self.budgets.admit(policy, ex.charged, ex.max_wait, ex.gone)
             ex.attempts += 1
             headers = out.headers.copy()
-            query = await credential.apply(headers, out.target.query)
+            try:
+                query = await credential.apply(headers, out.target.query)
+            except GatewayError:
+                await self.budgets.unused(policy, ex.charged)
+                raise
             url = upstream_url(policy.upstream.origin, policy.upstream.base_path, replace(out.target, query=query))
             started = self.clock()
             response: aiohttp.ClientResponse | None = None
             try:
                 response = await self.clients.send(policy, out.method, url, headers, body.payload())
             except AttemptFailed as failure:
-                await self.budgets.failed(policy, ex.charged, failure.sent)
+                if not failure.sent:
+                    await self.budgets.unused(policy, ex.charged)
                 if body.too_large:
                     raise PayloadTooLarge(f"the request body is over the limit of {self.max_body} bytes") from None
                 outcome = Outcome(failure=failure.kind, sent=failure.sent)
@@ -312,17 +427,24 @@ class Pipeline:
             self.metrics.retries.labels(policy.vendor, outcome.label).inc()
             await self.sleep(delay)
 
-    def answer_headers(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    @staticmethod
+    def vendor_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        """The vendor's answer headers that go to the caller."""
         dropped = hop_by_hop(upstream.headers.getall("Connection", ()))
-        headers = CIMultiDict(
+        return CIMultiDict(
             (name, value)
             for name, value in upstream.headers.items()
             if name.lower() not in dropped and not _CONTROL.search(value)  # unsendable: dropped
         )
+
+    def answer_headers(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        headers = self.vendor_headers(upstream)
         headers["X-Request-Id"] = ex.request_id
         headers["X-Gateway-Attempts"] = str(ex.attempts)
         if ex.charged is not None:
             headers.update(ex.charged.headers())
+        if ex.cache is not None:
+            headers["X-Gateway-Cache"] = ex.cache
         return headers
 
     async def answer(

@@ -66,12 +66,6 @@ def anonymous_exposure(settings: Settings) -> str | None:
     )
 
 
-def not_enforced_yet(settings: Settings) -> dict[str, list[str]]:
-    """Per vendor, the configured policy sections this version checks but does not apply
-    yet (cache #6)."""
-    return {vendor: ["cache"] for vendor, policy in settings.policies.items() if policy.cache}
-
-
 def bind(settings: Settings) -> socket.socket:
     host, port = settings.config.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway import admin_api
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
+from gateway.cache import ResponseCache
 from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.credentials import CredentialProvider, static_provider
@@ -58,7 +59,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     config = settings.config
     clients = UpstreamClients(settings.policies)
-    storage = open_storage(config.storage, data_dir=config.relative(config.data_dir), cluster=config.redis_cluster)
+    storage = open_storage(
+        config.storage, data_dir=config.relative(config.data_dir), cluster=config.redis_cluster, cache_max=config.cache_max
+    )
     app[STORAGE] = storage
     token_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     sealer = Sealer(config.secret_key.reveal() if config.secret_key else None)
@@ -81,6 +84,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         credentials,
         CircuitBreakers(storage, app[METRICS]),
         Budgets(storage, app[METRICS], config),
+        ResponseCache(storage, app[METRICS]),
         letterbox,
         app[METRICS],
     )

@@ -150,6 +150,8 @@ def _check_budget(b: dict[str, Any], r: Reporter) -> None:
         for name in ("reset", "timezone"):
             if r.has(name):
                 r.error(name, "only applies with window: fixed")
+    if b["window"] == "fixed" and b["per"] > 86400 and b["per"] % 86400:
+        r.error("per", "a fixed window longer than a day is a whole number of days (7d, 30d)")
     if b["cost"] > b["limit"]:
         r.error("cost", f"cost {b['cost']} is more than the limit {b['limit']}: no request could ever pass")
     elif b["cost"] > b["limit"] * (1 - b["reserve"]):
@@ -263,6 +265,13 @@ class CacheRule:
     match: Match
     ttl: float
     stale_if_error: float
+    max_size: int
+
+    def applies(self, method: str, path: str) -> bool:
+        """GET and HEAD lookups; POST only where ``match.methods`` names it (search endpoints)."""
+        if method == "POST" and (self.match.methods is None or "POST" not in self.match.methods):
+            return False
+        return method in CACHEABLE_METHODS and self.match.fits(method, path)
 
 
 def _check_cache_rule(c: dict[str, Any], r: Reporter) -> None:
@@ -277,6 +286,7 @@ CACHE_RULE = Obj(
         "match": Field(MATCH, required=True),
         "ttl": Field(Duration(positive=True), required=True),
         "stale_if_error": Field(Duration(), default=0.0),
+        "max_size": Field(Size(), default=1024 * 1024),
     },
     check=_check_cache_rule,
 )

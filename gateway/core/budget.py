@@ -35,6 +35,10 @@ ROLLING = "rolling"
 FIXED = "fixed"
 
 SLOTS = 100
+# The most a rolling quota's margin may be, as a share of ``per``. Counts are forgotten
+# only past this longest margin, so a process using a shorter one deletes nothing that
+# another process's longer margin still counts.
+MAX_MARGIN = 0.05
 # Float sums of emission intervals may land a hair after the exact instant.
 EPSILON = 1e-9
 
@@ -159,7 +163,8 @@ def prune(charge: Charge, state: BudgetState, now: float) -> None:
     """Forget counts that can no longer matter."""
     if charge.kind == ROLLING:
         width = slot_width(charge)
-        gone = [slot for slot in state.counts if slot * width + _kept(charge) <= now - charge.per]
+        kept = width + max(width, charge.margin, charge.per * MAX_MARGIN)
+        gone = [slot for slot in state.counts if slot * width + kept <= now - charge.per]
     elif charge.kind == FIXED:
         current = _window_at(charge, now)
         gone = [start for start in state.counts if current is not None and start < current]
@@ -184,7 +189,8 @@ def level(charge: Charge, state: BudgetState, now: float) -> Level:
         reset = (charge.window[1] if window == _ms(charge.window[0]) else charge.window[2]) - now
     if state.paused > now:
         remaining, reset = 0.0, max(reset, state.paused - now)
-    return Level(max(0, math.floor(remaining + EPSILON)), max(0.0, reset))
+    # What this caller may still take: the reserve is not theirs.
+    return Level(max(0, math.floor(remaining - charge.held + EPSILON)), max(0.0, reset))
 
 
 def decide(charges: Sequence[Charge], states: Sequence[BudgetState], now: float, max_wait: float) -> Verdict:

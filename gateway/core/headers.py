@@ -37,13 +37,16 @@ def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
     return HOP_BY_HOP | named
 
 
+_LONGEST = 1e9  # seconds: a longer Retry-After (up to infinity, as a float) is read as this
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds from ``now`` (epoch) for a Retry-After given in seconds or as an HTTP-date."""
     if value is None:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return min(float(value), _LONGEST)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

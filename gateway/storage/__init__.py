@@ -54,6 +54,16 @@ class Storage(Protocol):
 
     async def peek_budgets(self, vendor: str, charges: Sequence[Charge]) -> Verdict: ...
 
+    async def cache_get(self, key: str) -> bytes | None: ...
+
+    async def cache_put(self, key: str, blob: bytes, seconds: float) -> None:
+        """Keep a stored answer for ``seconds``."""
+
+    async def cache_lock(self, key: str, seconds: float) -> bool:
+        """Become the one process fetching this answer for up to ``seconds``: False if another is."""
+
+    async def cache_unlock(self, key: str) -> None: ...
+
     async def put_dead_letter(self, entry: DeadLetter) -> None: ...
 
     async def get_dead_letter(self, entry_id: str) -> DeadLetter | None: ...
@@ -76,7 +86,7 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
 
-def open_storage(url: str, *, data_dir: Path, cluster: bool = False) -> Storage:
+def open_storage(url: str, *, data_dir: Path, cluster: bool = False, cache_max: int = 256 * 1024**2) -> Storage:
     if url == "memory":
-        return MemoryStorage(data_dir)
+        return MemoryStorage(data_dir, cache_max)
     return RedisStorage(url, cluster=cluster)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,11 +39,52 @@ class LocalBudgets:
         return self._book.peek(vendor, charges, self._clock())
 
 
-class MemoryStorage(LocalBudgets):
+class MemoryCache:
+    """Stored answers in this process: least recently used first out, beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._max = max_bytes
+        self._size = 0
+        self._clock = clock
+
+    async def cache_get(self, key: str) -> bytes | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[1] <= self._clock():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return found[0]
+
+    async def cache_put(self, key: str, blob: bytes, seconds: float) -> None:
+        if len(blob) > self._max:
+            return
+        self._drop(key)
+        self._entries[key] = (blob, self._clock() + seconds)
+        self._size += len(blob)
+        while self._size > self._max:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self._size -= len(found[0])
+
+    async def cache_lock(self, key: str, seconds: float) -> bool:
+        return True  # one process: its own coalescing is all there is
+
+    async def cache_unlock(self, key: str) -> None:
+        return None
+
+
+class MemoryStorage(LocalBudgets, MemoryCache):
     name = "memory"
 
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__()
+    def __init__(self, data_dir: Path, cache_max: int = 256 * 1024**2) -> None:
+        LocalBudgets.__init__(self)
+        MemoryCache.__init__(self, cache_max)
         self._data_dir = data_dir
         self._local: LocalStore | None = None
         self._tokens: dict[str, bytes] = {}

@@ -127,6 +127,26 @@ class RedisStorage:
         exceeded = tuple(bool(int(reply[i + 2])) for i in range(4, len(reply), 3))
         return Verdict(bool(int(reply[0])), float(reply[1]), int(reply[2]), levels, exceeded, float(reply[3]))
 
+    # Stored answers are tagged by their own key, not the vendor's: a vendor's cache spreads
+    # over the cluster, and an answer and its fetch lock share a slot.
+    @staticmethod
+    def _cache(key: str, part: str) -> str:
+        return f"gateway:{{cache:{key}}}:{part}"
+
+    async def cache_get(self, key: str) -> bytes | None:
+        value = await self._call("cache read", self.client.get(self._cache(key, "answer")))
+        return bytes(value) if value is not None else None
+
+    async def cache_put(self, key: str, blob: bytes, seconds: float) -> None:
+        await self._call("cache write", self.client.set(self._cache(key, "answer"), blob, px=max(1, int(seconds * 1000))))
+
+    async def cache_lock(self, key: str, seconds: float) -> bool:
+        lock = self._cache(key, "fetching")
+        return bool(await self._call("cache lock", self.client.set(lock, 1, nx=True, px=max(1, int(seconds * 1000)))))
+
+    async def cache_unlock(self, key: str) -> None:
+        await self._call("cache unlock", self.client.delete(self._cache(key, "fetching")))
+
     # Dead letters: one hash of entries and sorted-set indexes (all vendors, and per vendor)
     # whose members are the time-ordered ids, under one hash tag so they share a slot.
     _ENTRIES = "gateway:{dead-letters}:entries"

@@ -118,6 +118,7 @@ def test_cross_field_rules(tmp_path):
           - {name: x, limit: 5, per: 1d, window: fixed, reset: "25:00", timezone: Mars/Base, cost: 9}
           - {name: y, limit: 10, per: 1s, cost: 3, reserve: 80%}
           - {name: z, limit: 2, per: 1s, cost: 3}
+          - {name: w, limit: 2, per: 36h, window: fixed}
         cache:
           - {match: {methods: [DELETE]}, ttl: 1m}
     """)
@@ -129,7 +130,8 @@ def test_cross_field_rules(tmp_path):
     assert "budgets[1].timezone: unknown time zone 'Mars/Base'" in text
     assert "budgets[3].cost: cost 3 is more than the limit 2: no request could ever pass" in text
     assert "budgets[2].reserve: a reserve of 80% leaves less than one request's cost to callers below priority high" in text
-    assert "a.yaml:10: cache[0].match: only GET, HEAD and POST lookups are cached, not DELETE" in text
+    assert "budgets[4].per: a fixed window longer than a day is a whole number of days (7d, 30d)" in text
+    assert "a.yaml:11: cache[0].match: only GET, HEAD and POST lookups are cached, not DELETE" in text
 
 
 def test_reserved_and_duplicate_vendor_names(tmp_path):

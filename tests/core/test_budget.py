@@ -40,11 +40,12 @@ SCENARIO = [
     (20.0, "peek", [BURST], 0.0, (False, 0.0, -1, [(10, 0.0)])),
     # Cost 4 takes four tokens; a normal caller cannot dip into the 2 reserved.
     (20.0, "charge", [BIG], 0.0, (True, 0.0, -1, [(6, 4.0)])),
-    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(5, 5.0)])),
-    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(4, 6.0)])),
-    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(3, 7.0)])),
-    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(2, 8.0)])),
-    (20.0, "charge", [RESERVED], 0.0, (False, 1.0, 0, [(2, 8.0)])),
+    # (What a normal caller is told is left leaves the reserve out.)
+    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(3, 5.0)])),
+    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(2, 6.0)])),
+    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(1, 7.0)])),
+    (20.0, "charge", [RESERVED], 0.0, (True, 0.0, -1, [(0, 8.0)])),
+    (20.0, "charge", [RESERVED], 0.0, (False, 1.0, 0, [(0, 8.0)])),
     (20.0, "charge", [BURST], 0.0, (True, 0.0, -1, [(1, 9.0)])),  # a high caller still can
     # A rolling quota of 5 per 100 s: never more than 5 in any 100 s.
     *[(30.0 + i, "charge", [DAILY], 0.0, (True, 0.0, -1, [(4 - i, 102.0 - i)])) for i in range(5)],
@@ -131,6 +132,22 @@ async def test_the_redis_script_gives_the_same_answers(redis_server):
     finally:
         await storage.close()
     assert results == expected()
+
+
+async def test_redis_keeps_a_quota_while_its_counts_still_count(redis_server):
+    from gateway.storage.redis import RedisStorage
+
+    storage = RedisStorage(redis_server.url)
+    quota = Charge("q", ROLLING, limit=5, per=100.0, cost=1)
+    try:
+        for _ in range(5):
+            await storage.budget_call("v", "charge", [quota], now=T0, arg=0.0)
+        booked = await storage.budget_call("v", "charge", [quota], now=T0, arg=300.0)
+        assert booked.admitted and round(booked.wait) == 102  # 100 s, its slot and one more
+        # The booking counts until about 102 + 102 s: the key must outlive that.
+        assert await storage.client.pttl("gateway:{v}:budget:q") > 204_000
+    finally:
+        await storage.close()
 
 
 def _sends(charge, arrivals, max_wait):

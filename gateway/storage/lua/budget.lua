@@ -14,7 +14,7 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local arg = tonumber(ARGV[3]) or 0
-local EPS, SLOTS = 1e-9, 100
+local EPS, SLOTS, MAX_MARGIN = 1e-9, 100, 0.05
 
 local function num(x) return string.format('%.17g', x) end
 local function ms(t) return math.floor(t * 1000 + 0.5) end
@@ -106,7 +106,8 @@ local function prune(c, s)
   if c.kind == 'bucket' then return end
   local current = window_at(c, now)
   for slot in pairs(s.counts) do
-    if (c.kind == 'rolling' and slot * width(c) + kept(c) <= now - c.per)
+    if (c.kind == 'rolling'
+          and slot * width(c) + width(c) + math.max(width(c), c.margin, c.per * MAX_MARGIN) <= now - c.per)
         or (c.kind == 'fixed' and current and slot < current) then
       s.counts[slot] = nil
     end
@@ -130,7 +131,7 @@ local function level(c, s)
   if s.paused > now then
     remaining, reset = 0, math.max(reset, s.paused - now)
   end
-  return math.max(0, math.floor(remaining + EPS)), math.max(0, reset)
+  return math.max(0, math.floor(remaining - c.held + EPS)), math.max(0, reset)
 end
 
 local function adjust(c, s)
@@ -194,7 +195,15 @@ for i, c in ipairs(charges) do
       fields[#fields + 1] = num(units)
     end
     redis.call('HSET', KEYS[i], unpack(fields))
-    local keep = c.per + math.max(0, s.tat - now, s.paused - now, (c.wnext or 0) - now) + 60
+    -- Kept while anything in it still counts: a bucket until full, a pause until over, a
+    -- fixed window until the next ends, a rolling count until its margin has passed.
+    local last = math.max(s.tat, s.paused, c.wnext or 0)
+    for slot in pairs(s.counts) do
+      if c.kind == 'rolling' then
+        last = math.max(last, slot * width(c) + width(c) + math.max(width(c), c.margin, c.per * MAX_MARGIN) + c.per)
+      end
+    end
+    local keep = math.max(0, last - now) + 60
     redis.call('PEXPIRE', KEYS[i], math.ceil(keep * 1000))
   end
   local remaining, reset = level(c, s)

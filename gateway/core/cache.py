@@ -1,0 +1,142 @@
+"""Response cache decisions, with the clock passed in: what is cacheable, the key, the
+stored form of an answer, and whether a stored answer is fresh, stale-but-usable or gone.
+
+The key covers vendor, method, raw path, query (byte for byte), ``Accept`` and
+``Accept-Encoding`` (the vendor may compress for one caller and not another), and a hash
+of the body for POST lookups. It is a SHA-256 digest: nothing of the request, and never a
+credential (credentials are added per attempt, after the key is made), appears in storage.
+The headers a vendor names in ``Vary`` are recorded with the answer, and a stored answer
+is used only for a request that has the same values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+CACHEABLE_STATUSES = frozenset({200, 203, 204, 301, 404, 410})
+
+# Headers never stored with an answer: they belong to one exchange.
+# Headers never stored with an answer: they belong to one exchange (Content-Length is
+# recomputed from the stored body).
+UNSTORED = frozenset({"content-length", "age", "set-cookie"})
+
+
+def cache_key(vendor: str, method: str, path: str, query: str | None, headers: Mapping[str, str], body: bytes | None) -> str:
+    parts = [
+        vendor,
+        method,
+        path,
+        "" if query is None else "?" + query,
+        headers.get("Accept", ""),
+        headers.get("Accept-Encoding", ""),
+        hashlib.sha256(body or b"").hexdigest() if method == "POST" else "",
+    ]
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def directives(values: Sequence[str]) -> set[str]:
+    """The directive names of Cache-Control (or Pragma) header values, lowercased."""
+    return {part.split("=", 1)[0].strip().lower() for value in values for part in value.split(",") if part.strip()}
+
+
+def skips_read(cache_control: Sequence[str], pragma: Sequence[str]) -> bool:
+    """Whether the caller asked for a fresh answer (``no-cache``; ``no-store`` too)."""
+    return bool(directives(cache_control) & {"no-cache", "no-store"}) or "no-cache" in directives(pragma)
+
+
+def storable(status: int, cache_control: Sequence[str], vary: Sequence[str]) -> bool:
+    if status not in CACHEABLE_STATUSES:
+        return False
+    if "no-store" in directives(cache_control):
+        return False
+    return "*" not in varied_names(vary)
+
+
+def varied_names(vary: Sequence[str]) -> list[str]:
+    return sorted({name.strip().lower() for value in vary for name in value.split(",") if name.strip()})
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored answer."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored_at: float
+    ttl: float
+    stale_if_error: float
+    vary: tuple[tuple[str, str], ...] = ()  # request header (lowercase) -> value it had
+
+    def fresh(self, now: float) -> bool:
+        return now < self.stored_at + self.ttl
+
+    def usable_stale(self, now: float) -> bool:
+        return now < self.stored_at + self.ttl + self.stale_if_error
+
+    def age(self, now: float) -> int:
+        return max(0, int(now - self.stored_at))
+
+    def matches(self, headers: Mapping[str, str]) -> bool:
+        return all(headers.get(name, "") == value for name, value in self.vary)
+
+    @property
+    def keep_for(self) -> float:
+        """How long storage should keep it: fresh, then usable when the vendor fails."""
+        return self.ttl + self.stale_if_error
+
+    def to_bytes(self) -> bytes:
+        head = orjson.dumps(
+            {
+                "status": self.status,
+                "reason": self.reason,
+                "headers": self.headers,
+                "stored_at": self.stored_at,
+                "ttl": self.ttl,
+                "stale_if_error": self.stale_if_error,
+                "vary": self.vary,
+            }
+        )
+        return head + b"\n" + self.body
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Entry | None:
+        """None for anything that is not a stored answer (a damaged or foreign value)."""
+        head, sep, body = blob.partition(b"\n")
+        if not sep:
+            return None
+        try:
+            meta = orjson.loads(head)
+            return cls(
+                status=int(meta["status"]),
+                reason=str(meta["reason"]),
+                headers=tuple((str(k), str(v)) for k, v in meta["headers"]),
+                body=body,
+                stored_at=float(meta["stored_at"]),
+                ttl=float(meta["ttl"]),
+                stale_if_error=float(meta["stale_if_error"]),
+                vary=tuple((str(k), str(v)) for k, v in meta["vary"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+
+def entry_for(
+    status: int,
+    reason: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    request_headers: Mapping[str, str],
+    vary: Sequence[str],
+    now: float,
+    ttl: float,
+    stale_if_error: float,
+) -> Entry:
+    kept = tuple((name, value) for name, value in headers if name.lower() not in UNSTORED)
+    recorded = tuple((name, request_headers.get(name, "")) for name in varied_names(vary))
+    return Entry(status, reason, kept, body, now, ttl, stale_if_error, recorded)
