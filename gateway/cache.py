@@ -9,17 +9,19 @@ is skipped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import orjson
 from multidict import CIMultiDict
 
 from gateway.config.model import CacheRule, Policy
-from gateway.core.cache import Entry, cache_key, skips_read
-from gateway.errors import StorageError
+from gateway.core.cache import PARTIAL_OR_CONDITIONAL, Entry, cache_key, skips_read
+from gateway.errors import GatewayError, StorageError
 from gateway.metrics import Metrics
 from gateway.storage import Storage
 
@@ -40,16 +42,35 @@ class Lookup:
     headers: CIMultiDict[str]  # the caller's, for Vary
 
 
+# What a fetch gives those waiting for it: an answer and how it is marked (MISS, or STALE
+# when the vendor failed), the gateway's error, or None: fetch for yourselves.
+Shared = tuple[str, Entry] | GatewayError | None
+
+
 @dataclass
 class Flight:
     """One in-process fetch of an answer, which identical requests wait for."""
 
     leading: bool
-    answer: asyncio.Future[Entry | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    answer: asyncio.Future[Shared] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
-    def share(self, entry: Entry | None) -> None:
+    def share(self, shared: Shared) -> None:
         if not self.answer.done():
-            self.answer.set_result(entry)
+            self.answer.set_result(shared)
+
+
+@dataclass
+class FetchLock:
+    """This process's hold on fetching one answer among all processes sharing storage."""
+
+    entry: Entry | None = None  # another process's answer, found while waiting for it
+    _release: Callable[[], Awaitable[None]] | None = None
+
+    async def release(self) -> None:
+        """Let the others go (at once when the answer will not be stored)."""
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
 
 
 class ResponseCache:
@@ -64,7 +85,7 @@ class ResponseCache:
     ) -> Lookup | None:
         """The lookup for a request a cache rule covers, else None."""
         rule = next((r for r in policy.cache if r.applies(method, path)), None)
-        if rule is None:
+        if rule is None or any(name in headers for name in PARTIAL_OR_CONDITIONAL):
             return None
         key = cache_key(policy.vendor, method, path, query, headers, body)
         bypass = skips_read(headers.getall("Cache-Control", []), headers.getall("Pragma", []))
@@ -85,7 +106,12 @@ class ResponseCache:
 
     async def store(self, lookup: Lookup, entry: Entry) -> None:
         try:
-            await self._storage.cache_put(lookup.key, entry.to_bytes(), entry.keep_for)
+            blob = entry.to_bytes()
+        except (TypeError, orjson.JSONEncodeError):  # a header that is not text (raw bytes)
+            log.info("%s: an answer with undecodable headers is not cached", lookup.vendor)
+            return
+        try:
+            await self._storage.cache_put(lookup.key, blob, entry.keep_for)
         except StorageError as exc:
             log.warning("%s: cache write failed, answer not kept: %s", lookup.vendor, exc)
 
@@ -104,33 +130,34 @@ class ResponseCache:
             del self._flights[lookup.key]
 
     @asynccontextmanager
-    async def across_processes(self, lookup: Lookup, seconds: float) -> AsyncIterator[Entry | None]:
-        """Hold the storage's fetch lock for this answer; while another process holds it,
-        wait (up to ``seconds``) for the answer it stores. Yields that answer, or None when
-        this process must fetch."""
+    async def fetch_lock(self, lookup: Lookup, seconds: float) -> AsyncIterator[FetchLock]:
+        """Take the storage's fetch lock for this answer for up to ``seconds``; while another
+        process holds it, wait for the answer it stores (``FetchLock.entry``), or until the
+        lock is free or ``seconds`` have passed (then fetch without it)."""
+        lock = FetchLock()
         deadline = self.clock() + seconds
-        locked = False
-        found: Entry | None = None
-        while True:
-            try:
-                locked = await self._storage.cache_lock(lookup.key, seconds)
-            except StorageError:
-                break
-            # Read after taking the lock too: the fetch that held it may have just stored.
-            entry = await self.read(lookup)
-            if entry is not None and entry.fresh(self.clock()):
-                found = entry
-                break
-            if locked:
-                break
-            if self.clock() >= deadline:
-                break
-            await asyncio.sleep(WAIT_STEP)
         try:
-            yield found
-        finally:
-            if locked:
+            while True:
                 try:
-                    await self._storage.cache_unlock(lookup.key)
+                    token = await self._storage.cache_lock(lookup.key, seconds)
                 except StorageError:
-                    pass  # the lock expires by itself
+                    break
+                if token is not None:
+                    lock._release = functools.partial(self._unlock, lookup, token)
+                # Read after taking the lock too: the fetch that held it may have just stored.
+                entry = await self.read(lookup)
+                if entry is not None and entry.fresh(self.clock()):
+                    lock.entry = entry
+                    break
+                if token is not None or self.clock() >= deadline:
+                    break
+                await asyncio.sleep(WAIT_STEP)
+            yield lock
+        finally:
+            await lock.release()
+
+    async def _unlock(self, lookup: Lookup, token: str) -> None:
+        try:
+            await self._storage.cache_unlock(lookup.key, token)
+        except StorageError:
+            pass  # the lock expires by itself

@@ -14,6 +14,7 @@ Cheap steps come first, so what costs money (budget, upstream calls) is spent la
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import re
@@ -30,7 +31,7 @@ from multidict import CIMultiDict
 from gateway.body import REPLAY_LIMIT, RequestBody, read_body
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets, Charged, max_wait
-from gateway.cache import Flight, Lookup, ResponseCache
+from gateway.cache import FetchLock, Flight, Lookup, ResponseCache, Shared
 from gateway.callers import ANONYMOUS, CallerDirectory
 from gateway.config.loader import Settings
 from gateway.config.model import HTTP_METHODS, Caller, Policy
@@ -43,6 +44,7 @@ from gateway.credentials import CredentialProvider
 from gateway.deadletters import ERROR_EXCERPT, KEPT_GATEWAY_STATUSES, WRITES, DeadLetter
 from gateway.errors import (
     BadRequest,
+    CallerGone,
     CircuitOpen,
     MethodNotAllowed,
     GatewayError,
@@ -165,7 +167,10 @@ class Pipeline:
             status = err.status
             if err.vendor is None and ex.vendor != "unknown":
                 err.vendor = ex.vendor
-            return problem_response(err, ex.request_id, ex.attempts)
+            problem = problem_response(err, ex.request_id, ex.attempts)
+            if ex.cache is not None:
+                problem.headers["X-Gateway-Cache"] = ex.cache
+            return problem
         except Exception:
             # A bug of ours must still answer in the contract's shape, and say where to look.
             log.exception("unexpected error", extra={"request_id": ex.request_id})
@@ -178,6 +183,8 @@ class Pipeline:
             self.metrics.requests.labels(ex.vendor, method, str(status), ex.caller).inc()
             if ex.vendor != "unknown":
                 self.metrics.request_duration.labels(ex.vendor).observe(self.clock() - ex.started)
+            if ex.cache is not None:
+                self.cache.count(ex.vendor, ex.cache.lower())
 
     async def send(self, ex: Exchange, policy: Policy, out: Outgoing) -> aiohttp.ClientResponse:
         """The attempts; a write the gateway gives up on is kept as a dead letter."""
@@ -192,49 +199,63 @@ class Pipeline:
         self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, lookup: Lookup
     ) -> web.StreamResponse:
         """A cacheable request: a fresh stored answer, or one fetch shared by identical misses."""
-        cache = self.cache
         now = time.time()
-        stored = None if lookup.bypass else await cache.read(lookup)
+        stored = None if lookup.bypass else await self.cache.read(lookup)
         if stored is not None and stored.fresh(now):
-            cache.count(policy.vendor, "hit")
-            return self.stored_answer(ex, request, stored, "HIT")
+            ex.cache = "HIT"
+            return self.stored_answer(ex, request, stored)
         ex.cache = "BYPASS" if lookup.bypass else "MISS"
-        cache.count(policy.vendor, ex.cache.lower())
         stale = stored if stored is not None and stored.usable_stale(now) else None
         if lookup.bypass:
-            return await self.fetch(ex, request, policy, out, lookup, stale, None)
-        async with cache.flight(lookup) as flight:
+            return await self.fetch(ex, request, policy, out, lookup, stale)
+        async with self.cache.flight(lookup) as flight:
             if not flight.leading:
                 # Shielded: a follower whose caller leaves must not cancel the others' wait.
                 shared = await asyncio.shield(flight.answer)
-                if shared is not None:
-                    return self.stored_answer(ex, request, shared, "MISS")
-                return await self.fetch(ex, request, policy, out, lookup, stale, None)
-            async with cache.across_processes(lookup, policy.timeout) as fetched:
-                if fetched is not None:
-                    flight.share(fetched)
-                    return self.stored_answer(ex, request, fetched, "MISS")
-                return await self.fetch(ex, request, policy, out, lookup, stale, flight)
+                if isinstance(shared, GatewayError):
+                    if stale is None or shared.status not in _STALE_ON:
+                        raise copy.copy(shared)
+                    shared = ("STALE", stale)
+                if shared is not None and shared[1].matches(lookup.headers):
+                    ex.cache = shared[0]
+                    return self.stored_answer(ex, request, shared[1])
+                return await self.fetch(ex, request, policy, out, lookup, stale)
+            async with self.cache.fetch_lock(lookup, fetch_time(policy)) as lock:
+                if lock.entry is not None:
+                    flight.share(("MISS", lock.entry))
+                    return self.stored_answer(ex, request, lock.entry)
+                return await self.fetch(ex, request, policy, out, lookup, stale, flight, lock)
 
     async def fetch(
         self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, lookup: Lookup,
-        stale: Entry | None, flight: Flight | None,
+        stale: Entry | None, flight: Flight | None = None, lock: FetchLock | None = None,
     ) -> web.StreamResponse:
         """Ask the vendor; store a cacheable answer and share it with those waiting for it.
         When every attempt fails, a stale stored answer (stale_if_error) goes out instead."""
+
+        async def share(shared: Shared) -> None:
+            if flight is not None:
+                flight.share(shared)
+            if lock is not None and shared is None:
+                await lock.release()
+
         try:
             upstream = await self.send(ex, policy, out)
         except GatewayError as err:
+            await share(None if isinstance(err, CallerGone) else err)  # the others are still there
             if stale is not None and err.status in _STALE_ON:
                 return self.serve_stale(ex, request, policy, stale)
             raise
         if stale is not None and upstream.status >= 500:
             upstream.close()
+            await share(("STALE", stale))
             return self.serve_stale(ex, request, policy, stale)
-        if self.keeps(policy, out, upstream.status, by_gateway=False):
-            return await self.answer_and_keep(ex, request, out, upstream)
         limit = lookup.rule.max_size
+        if self.keeps(policy, out, upstream.status, by_gateway=False):
+            await share(None)
+            return await self.answer_and_keep(ex, request, out, upstream)
         if upstream.content_length is not None and upstream.content_length > limit:
+            await share(None)
             return await self.answer(ex, request, upstream)  # too large to keep: streamed
         body = bytearray()
         try:
@@ -242,10 +263,17 @@ class Pipeline:
                 body += chunk
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             upstream.close()
-            raise UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor) from None
+            if stale is not None:
+                await share(("STALE", stale))
+                return self.serve_stale(ex, request, policy, stale)
+            broke = UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor)
+            await share(broke)
+            raise broke from None
         if len(body) > limit:
+            await share(None)
             return await self.answer(ex, request, upstream, bytes(body))
         upstream.release()
+        headers = self.answer_headers(ex, upstream)
         vary = upstream.headers.getall("Vary", [])
         entry = entry_for(
             upstream.status, upstream.reason or "", list(self.vendor_headers(upstream).items()), bytes(body),
@@ -253,21 +281,22 @@ class Pipeline:
         )
         if storable(upstream.status, upstream.headers.getall("Cache-Control", []), vary):
             await self.cache.store(lookup, entry)
-        if flight is not None:
-            flight.share(entry)
-        return self.stored_answer(ex, request, entry, ex.cache or "MISS")
+        # Those waiting get this answer whether or not it is stored: it is the vendor's
+        # answer to the same request at the same moment.
+        await share(("MISS", entry))
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=bytes(body))
 
     def serve_stale(self, ex: Exchange, request: web.Request, policy: Policy, stale: Entry) -> web.Response:
         log.warning("%s: every attempt failed; serving a stale stored answer", policy.vendor,
                     extra={"request_id": ex.request_id})
-        self.cache.count(policy.vendor, "stale")
-        return self.stored_answer(ex, request, stale, "STALE")
+        ex.cache = "STALE"
+        return self.stored_answer(ex, request, stale)
 
-    def stored_answer(self, ex: Exchange, request: web.Request, entry: Entry, result: str) -> web.Response:
+    def stored_answer(self, ex: Exchange, request: web.Request, entry: Entry) -> web.Response:
         headers: CIMultiDict[str] = CIMultiDict(entry.headers)
         headers["X-Request-Id"] = ex.request_id
         headers["X-Gateway-Attempts"] = str(ex.attempts)
-        headers["X-Gateway-Cache"] = result
+        headers["X-Gateway-Cache"] = ex.cache or "HIT"
         headers["Age"] = str(entry.age(time.time()))
         if ex.charged is not None:
             headers.update(ex.charged.headers())
@@ -488,6 +517,13 @@ class Pipeline:
         finally:
             upstream.close()
         return out
+
+
+def fetch_time(policy: Policy) -> float:
+    """The longest one fetch can take: every attempt, the backoffs between them and a
+    budget wait before each (how long other processes wait for its answer)."""
+    retry = policy.retry
+    return retry.attempts * (policy.timeout + policy.when_exhausted.wait) + (retry.attempts - 1) * retry.backoff.max
 
 
 def request_id(request: web.BaseRequest) -> str:

@@ -214,3 +214,49 @@ async def test_a_gateway_process_serves_what_another_stored(gateway, gateway_pro
     async with aiohttp.ClientSession() as session, session.get(f"{b.url}/v/companies/8") as response:
         assert response.headers["X-Gateway-Cache"] == "HIT"
     assert len(vendor.received) == 1
+
+
+async def test_conditional_and_range_requests_pass_by_the_cache(gateway, vendor):
+    client = await gateway(policy(vendor))
+    await client.get("/v/companies/1")
+    for headers in ({"If-None-Match": '"abc"'}, {"Range": "bytes=0-1"}):
+        response = await client.get("/v/companies/1", headers=headers)
+        assert "X-Gateway-Cache" not in response.headers
+    assert len(vendor.received) == 3
+
+
+async def test_a_waiting_request_with_another_vary_value_fetches_its_own(gateway, vendor):
+    vendor.script(slow(body=b"en", headers={"Vary": "Accept-Language"}), answer(200, b"fr", {"Vary": "Accept-Language"}))
+    client = await gateway(policy(vendor))
+    en, fr = await asyncio.gather(
+        client.get("/v/companies/1", headers={"Accept-Language": "en"}),
+        client.get("/v/companies/1", headers={"Accept-Language": "fr"}),
+    )
+    assert (await en.read(), await fr.read()) == (b"en", b"fr")
+
+
+async def test_a_hit_does_not_repeat_the_vendors_rate_limit_headers(gateway, vendor):
+    vendor.script(answer(200, b"{}", {"X-RateLimit-Remaining": "0", "Set-Cookie": "s=1"}))
+    client = await gateway(policy(vendor))
+    first = await client.get("/v/companies/1")
+    assert first.headers["X-RateLimit-Remaining"] == "0" and "Set-Cookie" in first.headers  # the fetch's own
+    hit = await client.get("/v/companies/1")
+    assert "X-RateLimit-Remaining" not in hit.headers and "Set-Cookie" not in hit.headers
+
+
+async def test_a_head_hit_keeps_the_length(gateway, vendor):
+    vendor.script(answer(200, b"", {"Content-Length": "1234"}))
+    client = await gateway(policy(vendor))
+    await client.head("/v/companies/1")
+    hit = await client.head("/v/companies/1")
+    assert hit.headers["X-Gateway-Cache"] == "HIT" and hit.headers["Content-Length"] == "1234"
+
+
+async def test_concurrent_misses_on_a_failing_vendor_share_one_failure(gateway, vendor):
+    vendor.script(slow(status=503, delay=0.2), slow(status=503, delay=0.2))
+    retry = {"attempts": 2, "on": [503], "backoff": {"initial": 0, "jitter": 0}}
+    client = await gateway(policy(vendor, retry=retry))
+    answers = await asyncio.gather(*(client.get("/v/companies/4") for _ in range(10)))
+    assert {r.status for r in answers} == {503}
+    assert len(vendor.received) == 2  # one fetch, its two attempts
+    assert all(r.headers["X-Gateway-Cache"] == "MISS" for r in answers)

@@ -12,27 +12,40 @@ is used only for a request that has the same values.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+from multidict import MultiMapping
 
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 301, 404, 410})
 
 # Headers never stored with an answer: they belong to one exchange.
-# Headers never stored with an answer: they belong to one exchange (Content-Length is
-# recomputed from the stored body).
-UNSTORED = frozenset({"content-length", "age", "set-cookie"})
+# Headers never stored with an answer: they belong to one exchange, or are about the
+# vendor's rate limits at that moment (a hit an hour later must not repeat them).
+UNSTORED = frozenset({"age", "set-cookie", "retry-after"})
+UNSTORED_PREFIXES = ("ratelimit", "x-ratelimit")
+
+# Requests that ask for part of an answer, or for one only if it changed: never served
+# from the cache or shared (their answers, 206 or 304, are not the resource).
+PARTIAL_OR_CONDITIONAL = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 
 
-def cache_key(vendor: str, method: str, path: str, query: str | None, headers: Mapping[str, str], body: bytes | None) -> str:
+def header(headers: MultiMapping[str], name: str) -> str:
+    """Every value of a request header, as one (a header sent twice counts as both)."""
+    return ",".join(headers.getall(name, []))
+
+
+def cache_key(
+    vendor: str, method: str, path: str, query: str | None, headers: MultiMapping[str], body: bytes | None
+) -> str:
     parts = [
         vendor,
         method,
         path,
         "" if query is None else "?" + query,
-        headers.get("Accept", ""),
-        headers.get("Accept-Encoding", ""),
+        header(headers, "Accept"),
+        header(headers, "Accept-Encoding"),
         hashlib.sha256(body or b"").hexdigest() if method == "POST" else "",
     ]
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
@@ -82,8 +95,8 @@ class Entry:
     def age(self, now: float) -> int:
         return max(0, int(now - self.stored_at))
 
-    def matches(self, headers: Mapping[str, str]) -> bool:
-        return all(headers.get(name, "") == value for name, value in self.vary)
+    def matches(self, headers: MultiMapping[str]) -> bool:
+        return all(header(headers, name) == value for name, value in self.vary)
 
     @property
     def keep_for(self) -> float:
@@ -131,12 +144,16 @@ def entry_for(
     reason: str,
     headers: Sequence[tuple[str, str]],
     body: bytes,
-    request_headers: Mapping[str, str],
+    request_headers: MultiMapping[str],
     vary: Sequence[str],
     now: float,
     ttl: float,
     stale_if_error: float,
 ) -> Entry:
-    kept = tuple((name, value) for name, value in headers if name.lower() not in UNSTORED)
-    recorded = tuple((name, request_headers.get(name, "")) for name in varied_names(vary))
+    kept = tuple(
+        (name, value)
+        for name, value in headers
+        if name.lower() not in UNSTORED and not name.lower().startswith(UNSTORED_PREFIXES)
+    )
+    recorded = tuple((name, header(request_headers, name)) for name in varied_names(vary))
     return Entry(status, reason, kept, body, now, ttl, stale_if_error, recorded)

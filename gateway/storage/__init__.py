@@ -59,10 +59,12 @@ class Storage(Protocol):
     async def cache_put(self, key: str, blob: bytes, seconds: float) -> None:
         """Keep a stored answer for ``seconds``."""
 
-    async def cache_lock(self, key: str, seconds: float) -> bool:
-        """Become the one process fetching this answer for up to ``seconds``: False if another is."""
+    async def cache_lock(self, key: str, seconds: float) -> str | None:
+        """Become the one process fetching this answer for up to ``seconds``: a token to
+        unlock with, or None while another process is."""
 
-    async def cache_unlock(self, key: str) -> None: ...
+    async def cache_unlock(self, key: str, token: str) -> None:
+        """Release the lock if it is still the one ``token`` took."""
 
     async def put_dead_letter(self, entry: DeadLetter) -> None: ...
 

@@ -72,10 +72,10 @@ class MemoryCache:
         if found is not None:
             self._size -= len(found[0])
 
-    async def cache_lock(self, key: str, seconds: float) -> bool:
-        return True  # one process: its own coalescing is all there is
+    async def cache_lock(self, key: str, seconds: float) -> str | None:
+        return "local"  # one process: its own coalescing is all there is
 
-    async def cache_unlock(self, key: str) -> None:
+    async def cache_unlock(self, key: str, token: str) -> None:
         return None
 
 

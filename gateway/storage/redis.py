@@ -9,6 +9,7 @@ redis-py's Script does).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
@@ -140,12 +141,14 @@ class RedisStorage:
     async def cache_put(self, key: str, blob: bytes, seconds: float) -> None:
         await self._call("cache write", self.client.set(self._cache(key, "answer"), blob, px=max(1, int(seconds * 1000))))
 
-    async def cache_lock(self, key: str, seconds: float) -> bool:
+    async def cache_lock(self, key: str, seconds: float) -> str | None:
+        token = secrets.token_hex(8)
         lock = self._cache(key, "fetching")
-        return bool(await self._call("cache lock", self.client.set(lock, 1, nx=True, px=max(1, int(seconds * 1000)))))
+        taken = await self._call("cache lock", self.client.set(lock, token, nx=True, px=max(1, int(seconds * 1000))))
+        return token if taken else None
 
-    async def cache_unlock(self, key: str) -> None:
-        await self._call("cache unlock", self.client.delete(self._cache(key, "fetching")))
+    async def cache_unlock(self, key: str, token: str) -> None:
+        await self._call("cache unlock", self._unlock(keys=[self._cache(key, "fetching")], args=[token]))
 
     # Dead letters: one hash of entries and sorted-set indexes (all vendors, and per vendor)
     # whose members are the time-ordered ids, under one hash tag so they share a slot.
