@@ -385,6 +385,7 @@ class Pipeline:
             # a request that then waits for budget, or is refused it.
             ex.charged = self.budgets.charges(policy, out.method, out.target.path, ex.who)
             await self.budgets.admit(policy, ex.charged, ex.max_wait, ex.gone)
+            admitted = self.clock()
             probe = False
             if breaker is not None:
                 admission = await self.breakers.admit(policy.vendor, breaker)
@@ -422,7 +423,8 @@ class Pipeline:
                 await self.budgets.learn(policy, ex.charged, response.status, retry_after, response.headers)
             self.metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
             self.metrics.upstream_duration.labels(policy.vendor).observe(self.clock() - started)
-            self.budgets.observe(policy.vendor, self.clock() - started)
+            # From its turn, not its send: a busy process may send a little after the turn.
+            self.budgets.observe(policy.vendor, self.clock() - admitted)
             if breaker is not None:
                 failed = is_failure(outcome.status, outcome.failure)
                 await self.breakers.record(policy.vendor, breaker, failed, probe)

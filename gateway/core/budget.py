@@ -38,7 +38,7 @@ SLOTS = 100
 # The most a rolling quota's margin may be, as a share of ``per``. Counts are forgotten
 # only past this longest margin, so a process using a shorter one deletes nothing that
 # another process's longer margin still counts.
-MAX_MARGIN = 0.05
+MAX_MARGIN = 0.1
 # Float sums of emission intervals may land a hair after the exact instant.
 EPSILON = 1e-9
 

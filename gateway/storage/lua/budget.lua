@@ -14,7 +14,7 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local arg = tonumber(ARGV[3]) or 0
-local EPS, SLOTS, MAX_MARGIN = 1e-9, 100, 0.05
+local EPS, SLOTS, MAX_MARGIN = 1e-9, 100, 0.1
 
 local function num(x) return string.format('%.17g', x) end
 local function ms(t) return math.floor(t * 1000 + 0.5) end
