@@ -209,6 +209,13 @@ class Budgets:
                 break
             await self.refund(vendor, charged)
         self._metrics.budget_wait.labels(vendor).observe(self.clock() - started if waited else 0.0)
+        if waited:  # the levels read when it queued are old news: read them as it goes
+            try:
+                now_levels = await self._shared(vendor, lambda store, charges: store.peek_budgets(vendor, charges), charged)
+            except StorageUnavailable:
+                now_levels = None
+            if now_levels is not None:
+                charged.levels = now_levels.levels
 
     async def _hold(self, wait: float, gone: Callable[[], bool]) -> bool:
         end = self.clock() + wait
@@ -309,11 +316,7 @@ class Budgets:
             except StorageError as exc:
                 self._storage_failed(exc, now)
             else:
-                if health.down_since is not None:
-                    log.warning("budget storage answers again after %.1fs", now - health.down_since)
-                    health.down_since = None
-                    self._metrics.storage_fallback.set(0)
-                    self._seeded.clear()
+                self.storage_answers()
                 for charge, lv in zip(charged.charges, result.levels):
                     self._last[(vendor, charge.key)] = lv
                 charged.local = False
@@ -337,6 +340,15 @@ class Budgets:
             said = [Adjustment(remaining=self._last[(vendor, c.key)].remaining / self._workers) for c in fresh]
             await self._local.adjust_budgets(vendor, fresh, said)
         self._seeded.update((vendor, c.key) for c in scaled)
+
+    def storage_answers(self) -> None:
+        """Shared storage answered (a budget call, or /readyz's ping): the fallback ends."""
+        health = self._health
+        if health.down_since is not None:
+            log.warning("budget storage answers again after %.1fs", self.clock() - health.down_since)
+            health.down_since = None
+            self._metrics.storage_fallback.set(0)
+            self._seeded.clear()
 
     def _storage_failed(self, exc: StorageError, now: float) -> None:
         health = self._health

@@ -135,6 +135,7 @@ async def readyz(request: web.Request) -> web.Response:
             return web.json_response({**body, "status": "unready", "detail": str(exc)}, status=503)
         # The gateway still serves: budgets follow on_storage_error until storage answers.
         return web.json_response({**body, "status": "ready", "fallback": fallback, "detail": str(exc)}, status=200)
+    request.app[PIPELINE].budgets.storage_answers()
     return web.json_response({**body, "status": "ready"}, status=200)
 
 

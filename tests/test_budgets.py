@@ -159,6 +159,7 @@ async def test_a_retried_429_waits_out_the_pause_then_succeeds(gateway, vendor):
     response = await client.get("/v/x")
     assert response.status == 200 and response.headers["X-Gateway-Attempts"] == "2"
     assert vendor.received[1].at - vendor.received[0].at >= 0.95
+    assert int(response.headers["RateLimit-Remaining"]) >= 97  # as it went, not as it queued
 
 
 async def test_the_vendors_own_counters_lower_ours(gateway, vendor):
@@ -270,12 +271,12 @@ async def test_budgets_keep_limiting_locally_while_redis_is_down_and_share_again
     samples = metric_samples(await (await client.get("/metrics")).text())
     assert samples[("gateway_storage_fallback", ())] == 1
     redis_server.start()  # a new, empty Redis
-    await asyncio.sleep(1.1)  # the next request tries storage again, and finds it
-    assert (await client.get("/v/x")).status == 200
+    assert (await (await client.get("/readyz")).json()).get("fallback") is None
+    samples = metric_samples(await (await client.get("/metrics")).text())
+    assert samples[("gateway_storage_fallback", ())] == 0  # the probe's answer ends the fallback
+    assert (await client.get("/v/x")).status == 200  # shared again: the new Redis is full
     statuses = [r.status for r in await burst(client, 3)]
     assert statuses.count(200) == 2
-    samples = metric_samples(await (await client.get("/metrics")).text())
-    assert samples[("gateway_storage_fallback", ())] == 0
 
 
 async def test_reject_answers_503_while_redis_is_down(gateway, vendor, redis_server):
@@ -324,3 +325,19 @@ def test_a_rolling_quota_outlasts_its_window_by_the_slowest_answer_while_it_coun
     assert slowest.longest(1075.0, 60) == 0.05  # a minute later the slow one is forgotten
     assert slowest.longest(1200.0, 60) is None
     assert slowest.longest(1200.0, 3600) == 0.2  # but not by an hour-long quota
+
+
+async def test_after_redis_restarts_the_budgets_are_shared_again_at_once(gateway, vendor, redis_server):
+    p = policy(vendor, {"name": "burst", "limit": 100, "per": "1s"})
+    a = await gateway(p, config={"storage": redis_server.url})
+    b = await gateway(p, config={"storage": redis_server.url})
+    await asyncio.gather(burst(a, 10), burst(b, 10))  # several pooled connections in each
+    redis_server.stop()
+    redis_server.start()  # every pooled connection is now dead
+    vendor.script(answer(429, headers={"Retry-After": "5"}))
+    assert (await a.get("/v/x")).status == 429  # the vendor's: it pauses the budget...
+    answers = await burst(b, 3, headers={"X-Gateway-Max-Wait": "0"})
+    assert [r.status for r in answers] == [429] * 3  # ...in the other gateway too
+    assert [(await r.json())["type"] for r in answers] == ["budget-exhausted"] * 3
+    samples = metric_samples(await (await b.get("/metrics")).text())
+    assert samples[("gateway_storage_fallback", ())] == 0

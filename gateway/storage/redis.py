@@ -16,7 +16,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisError
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission
@@ -42,6 +44,10 @@ class RedisStorage:
         options: dict[str, Any] = {
             "socket_timeout": TIMEOUT,
             "socket_connect_timeout": TIMEOUT,
+            # After Redis restarts, every pooled connection is dead and fails its next
+            # command: one immediate retry on a fresh connection hides that. A timeout
+            # is not retried: a hung Redis must cost one timeout, not two.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         }
         self.client: Any = (
             RedisCluster.from_url(url, **options) if cluster else aioredis.from_url(url, **options)
