@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.callers import ANONYMOUS
@@ -75,10 +75,11 @@ class SlowestAnswer:
 
     def observe(self, seconds: float, now: float) -> None:
         bucket = int(now // self.STEP)
+        if bucket not in self._buckets:  # a new bucket: the old ones past RECENT go
+            for old in [b for b in self._buckets if (bucket - b) * self.STEP > self.RECENT]:
+                del self._buckets[old]
         self._buckets[bucket] = max(self._buckets.get(bucket, 0.0), seconds)
         self._ever = max(self._ever or 0.0, seconds)
-        for old in [b for b in self._buckets if (bucket - b) * self.STEP > self.RECENT]:
-            del self._buckets[old]
 
     def longest(self, now: float, span: float) -> float | None:
         """Over the last ``span`` seconds; None when nothing was seen in it."""
@@ -95,7 +96,6 @@ class _Health:
     down_since: float | None = None
     retry_at: float = 0.0
     probing: bool = False
-    said: set[str] = field(default_factory=set)
 
 
 class Budgets:
@@ -121,11 +121,6 @@ class Budgets:
         self._seeded: set[tuple[str, str]] = set()  # fallback budgets started from those
         self.clock = clock
         self.sleep = sleep
-
-    @property
-    def fallback(self) -> str | None:
-        """What replaces shared storage while it fails: None when it answers."""
-        return None if self._health.down_since is None else self._on_error
 
     def charges(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
         now = self.clock()
@@ -210,10 +205,7 @@ class Budgets:
             await self.refund(vendor, charged)
         self._metrics.budget_wait.labels(vendor).observe(self.clock() - started if waited else 0.0)
         if waited:  # the levels read when it queued are old news: read them as it goes
-            try:
-                now_levels = await self._shared(vendor, lambda store, charges: store.peek_budgets(vendor, charges), charged)
-            except StorageUnavailable:
-                now_levels = None
+            now_levels = await self._peek(vendor, charged)
             if now_levels is not None:
                 charged.levels = now_levels.levels
 
@@ -228,8 +220,7 @@ class Budgets:
     async def refund(self, vendor: str, charged: Charged) -> None:
         """Give a reservation back (best effort: a failed refund only wastes the place)."""
         charged.reserved = False
-        store: Storage | LocalBudgets = self._local if charged.local else self._storage
-        charges = self._scaled(charged.charges) if charged.local else charged.charges
+        store, charges = self._store_of(charged)
         try:
             await store.refund_budgets(vendor, charges, charged.at)
         except StorageError as exc:
@@ -253,11 +244,9 @@ class Budgets:
                     key = (vendor, charge.key)
                     self._pauses[key] = max(self._pauses.get(key, 0.0), until)
             log.info("%s answered %d: budgets paused for %.1fs", vendor, status, min(retry_after, MAX_PAUSE))
-        try:  # on the store that charged the request
-            if charged.local:
-                verdict = await self._local.adjust_budgets(vendor, self._scaled(charged.charges), adjustments)
-            else:
-                verdict = await self._storage.adjust_budgets(vendor, charged.charges, adjustments)
+        store, charges = self._store_of(charged)
+        try:
+            verdict = await store.adjust_budgets(vendor, charges, adjustments)
         except StorageError as exc:
             self._storage_failed(exc, self.clock())
             return
@@ -288,10 +277,7 @@ class Budgets:
             who = users if budget.key == "caller" else [ANONYMOUS]
             now = self.clock()
             charged = Charged((budget,) * len(who), tuple(self._charge(budget, c.name, True, now) for c in who))
-            try:
-                verdict = await self._shared(vendor, lambda store, charges: store.peek_budgets(vendor, charges), charged)
-            except StorageUnavailable:
-                verdict = None
+            verdict = await self._peek(vendor, charged)
             if verdict is None:
                 entry.update(remaining=None, reset=None)
             elif budget.key == "caller":
@@ -303,6 +289,19 @@ class Budgets:
                 entry.update(remaining=verdict.levels[0].remaining, reset=round(verdict.levels[0].reset, 3))
             out.append(entry)
         return out
+
+    def _store_of(self, charged: Charged) -> tuple[Storage | LocalBudgets, Sequence[Charge]]:
+        """The store that charged a request, and its charges as that store knows them."""
+        if charged.local:
+            return self._local, self._scaled(charged.charges)
+        return self._storage, charged.charges
+
+    async def _peek(self, vendor: str, charged: Charged) -> Verdict | None:
+        """How the budgets stand; None when no store can say."""
+        try:
+            return await self._shared(vendor, lambda store, charges: store.peek_budgets(vendor, charges), charged)
+        except StorageUnavailable:
+            return None
 
     async def _shared(
         self, vendor: str, call: Callable[[Any, Sequence[Charge]], Awaitable[Verdict]], charged: Charged

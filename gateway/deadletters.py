@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 

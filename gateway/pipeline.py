@@ -4,7 +4,7 @@
 2. caller     who is calling, may they use this vendor
 3. cache      a fresh stored answer goes out at once, no budget taken; identical misses
               wait for one fetch
-4. attempts   per attempt: breaker, budget, credential, send, classify, back off
+4. attempts   per attempt: budget, breaker, credential, send, classify, back off
 5. store      keep a cacheable answer; keep a failed write as a dead letter
 6. answer     stream the vendor's answer with our headers added
 
@@ -257,26 +257,24 @@ class Pipeline:
         if upstream.content_length is not None and upstream.content_length > limit:
             await share(None)
             return await self.answer(ex, request, upstream)  # too large to keep: streamed
-        body = bytearray()
         try:
-            while len(body) <= limit and (chunk := await upstream.content.readany()):
-                body += chunk
+            body = await read_head(upstream, limit)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             upstream.close()
             if stale is not None:
                 await share(("STALE", stale))
                 return self.serve_stale(ex, request, policy, stale)
-            broke = UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor)
+            broke = broke_off(ex.vendor, exc)
             await share(broke)
             raise broke from None
         if len(body) > limit:
             await share(None)
-            return await self.answer(ex, request, upstream, bytes(body))
+            return await self.answer(ex, request, upstream, body)
         upstream.release()
-        headers = self.answer_headers(ex, upstream)
+        vendor_headers = self.vendor_headers(upstream)
         vary = upstream.headers.getall("Vary", [])
         entry = entry_for(
-            upstream.status, upstream.reason or "", list(self.vendor_headers(upstream).items()), bytes(body),
+            upstream.status, upstream.reason or "", list(vendor_headers.items()), body,
             lookup.headers, vary, time.time(), lookup.rule.ttl, lookup.rule.stale_if_error,
         )
         if storable(upstream.status, upstream.headers.getall("Cache-Control", []), vary):
@@ -284,7 +282,8 @@ class Pipeline:
         # Those waiting get this answer whether or not it is stored: it is the vendor's
         # answer to the same request at the same moment.
         await share(("MISS", entry))
-        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=bytes(body))
+        headers = self.our_headers(ex, vendor_headers)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
     def serve_stale(self, ex: Exchange, request: web.Request, policy: Policy, stale: Entry) -> web.Response:
         log.warning("%s: every attempt failed; serving a stale stored answer", policy.vendor,
@@ -293,13 +292,8 @@ class Pipeline:
         return self.stored_answer(ex, request, stale)
 
     def stored_answer(self, ex: Exchange, request: web.Request, entry: Entry) -> web.Response:
-        headers: CIMultiDict[str] = CIMultiDict(entry.headers)
-        headers["X-Request-Id"] = ex.request_id
-        headers["X-Gateway-Attempts"] = str(ex.attempts)
-        headers["X-Gateway-Cache"] = ex.cache or "HIT"
+        headers = self.our_headers(ex, CIMultiDict(entry.headers))
         headers["Age"] = str(entry.age(time.time()))
-        if ex.charged is not None:
-            headers.update(ex.charged.headers())
         body = b"" if request.method == "HEAD" else entry.body
         return web.Response(status=entry.status, reason=entry.reason, headers=headers, body=body)
 
@@ -314,20 +308,18 @@ class Pipeline:
         self, ex: Exchange, request: web.Request, out: Outgoing, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         """A failed write: keep it, with an excerpt of the vendor's error, then answer."""
-        head = bytearray()
         try:
-            while len(head) <= REPLAY_LIMIT and (chunk := await upstream.content.readany()):
-                head += chunk
+            head = await read_head(upstream, REPLAY_LIMIT)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             upstream.close()
             await self.dead_letters.keep(ex, out, upstream.status, f"upstream {upstream.status} (answer broke off)")
-            raise UpstreamUnavailable(f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor) from None
-        await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, bytes(head)))
+            raise broke_off(ex.vendor, exc) from None
+        await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, head))
         if len(head) > REPLAY_LIMIT:  # a long error answer: the rest streams behind what was read
-            return await self.answer(ex, request, upstream, bytes(head))
+            return await self.answer(ex, request, upstream, head)
         upstream.release()
         return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=bytes(head)
+            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=head
         )
 
     async def replay(self, entry: DeadLetter) -> Delivery:
@@ -469,7 +461,11 @@ class Pipeline:
         )
 
     def answer_headers(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        headers = self.vendor_headers(upstream)
+        return self.our_headers(ex, self.vendor_headers(upstream))
+
+    @staticmethod
+    def our_headers(ex: Exchange, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+        """The vendor's headers plus ours: request id, attempts, budgets, cache result."""
         headers["X-Request-Id"] = ex.request_id
         headers["X-Gateway-Attempts"] = str(ex.attempts)
         if ex.charged is not None:
@@ -491,9 +487,7 @@ class Pipeline:
             try:
                 body = await upstream.read()
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise UpstreamUnavailable(
-                    f"{ex.vendor} broke off its answer: {type(exc).__name__}", vendor=ex.vendor
-                ) from None
+                raise broke_off(ex.vendor, exc) from None
             finally:
                 upstream.release()
             return web.Response(status=upstream.status, reason=upstream.reason, headers=out.headers, body=body)
@@ -542,6 +536,18 @@ def forward_headers(request: web.Request, request_id: str, body: RequestBody) ->
         # A streamed upload keeps its declared length instead of becoming chunked.
         headers["Content-Length"] = str(request.content_length)
     return headers
+
+
+async def read_head(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body up to ``limit`` bytes, or a little more when it is longer."""
+    head = bytearray()
+    while len(head) <= limit and (chunk := await upstream.content.readany()):
+        head += chunk
+    return bytes(head)
+
+
+def broke_off(vendor: str, exc: BaseException) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"{vendor} broke off its answer: {type(exc).__name__}", vendor=vendor)
 
 
 def _describe(status: int, body: bytes) -> str:

@@ -112,9 +112,14 @@ def _window_at(charge: Charge, t: float) -> int | None:
     return None
 
 
+def _live_slots(charge: Charge, state: BudgetState, t: float) -> list[int]:
+    """The rolling quota's slots that still count at ``t``, oldest first."""
+    width, kept = slot_width(charge), _kept(charge)
+    return sorted(slot for slot in state.counts if slot * width + kept > t - charge.per)
+
+
 def _rolling_used(charge: Charge, state: BudgetState, t: float) -> float:
-    width = slot_width(charge)
-    return sum(units for slot, units in state.counts.items() if slot * width + _kept(charge) > t - charge.per)
+    return sum(state.counts[slot] for slot in _live_slots(charge, state, t))
 
 
 def earliest(charge: Charge, state: BudgetState, now: float) -> float:
@@ -126,14 +131,13 @@ def earliest(charge: Charge, state: BudgetState, now: float) -> float:
         return max(t, state.tat + charge.cost * interval(charge) - span)
     room = charge.limit - charge.held - charge.cost
     if charge.kind == ROLLING:
-        width = slot_width(charge)
-        counted = sorted(slot for slot in state.counts if slot * width + _kept(charge) > t - charge.per)
+        counted = _live_slots(charge, state, t)
         used = sum(state.counts[slot] for slot in counted)
         for slot in counted:
             if used <= room + EPSILON:
                 break
             used -= state.counts[slot]
-            t = slot * width + _kept(charge) + charge.per
+            t = slot * slot_width(charge) + _kept(charge) + charge.per
         return t
     window = _window_at(charge, t)
     if window is not None and state.counts.get(window, 0.0) <= room + EPSILON:
@@ -179,10 +183,9 @@ def level(charge: Charge, state: BudgetState, now: float) -> Level:
         debt = max(0.0, state.tat - now)
         remaining, reset = charge.limit - debt / interval(charge), debt
     elif charge.kind == ROLLING:
-        remaining = charge.limit - _rolling_used(charge, state, now)
-        width = slot_width(charge)
-        live = [slot for slot in state.counts if slot * width + _kept(charge) > now - charge.per]
-        reset = min(live) * width + _kept(charge) + charge.per - now if live else 0.0
+        live = _live_slots(charge, state, now)
+        remaining = charge.limit - sum(state.counts[slot] for slot in live)
+        reset = live[0] * slot_width(charge) + _kept(charge) + charge.per - now if live else 0.0
     else:
         window = _window_at(charge, now)
         remaining = charge.limit - (state.counts.get(window, 0.0) if window is not None else 0.0)

@@ -59,11 +59,13 @@ local function live_slots(c, s, t)
   return slots
 end
 
-local function rolling_used(c, s, t)
-  local used = 0
-  for _, slot in ipairs(live_slots(c, s, t)) do used = used + s.counts[slot] end
-  return used
+local function units(s, slots)
+  local n = 0
+  for _, slot in ipairs(slots) do n = n + s.counts[slot] end
+  return n
 end
+
+local function rolling_used(c, s, t) return units(s, live_slots(c, s, t)) end
 
 local function earliest(c, s)
   local t = math.max(now, s.paused)
@@ -74,8 +76,7 @@ local function earliest(c, s)
   local room = c.limit - c.held - c.cost
   if c.kind == 'rolling' then
     local counted = live_slots(c, s, t)
-    local used = 0
-    for _, slot in ipairs(counted) do used = used + s.counts[slot] end
+    local used = units(s, counted)
     for _, slot in ipairs(counted) do
       if used <= room + EPS then break end
       used = used - s.counts[slot]
@@ -120,8 +121,8 @@ local function level(c, s)
     local debt = math.max(0, s.tat - now)
     remaining, reset = c.limit - debt / interval(c), debt
   elseif c.kind == 'rolling' then
-    remaining = c.limit - rolling_used(c, s, now)
     local live = live_slots(c, s, now)
+    remaining = c.limit - units(s, live)
     if #live > 0 then reset = live[1] * width(c) + kept(c) + c.per - now else reset = 0 end
   else
     local window = window_at(c, now)
