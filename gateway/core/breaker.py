@@ -12,6 +12,7 @@ The Redis script ``breaker.lua`` implements the same arithmetic for shared state
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from gateway.config.model import CircuitBreaker
@@ -80,3 +81,31 @@ class BreakerState:
             self.opened_until = now + config.open_for
             return OPEN
         return CLOSED
+
+    def to_record(self) -> dict[str, object]:
+        """The state as plain JSON values, to be kept across a restart. A probe out is not
+        kept: after a restart no answer to it can come, so the next request probes."""
+        return {"opened_until": self.opened_until, "buckets": [[b, *counts] for b, counts in self.buckets.items()]}
+
+    @classmethod
+    def from_record(cls, record: object) -> BreakerState:
+        """A state read back from ``to_record``; ValueError for anything else."""
+        if not isinstance(record, dict):
+            raise ValueError("not a breaker state")
+        opened_until, buckets = record.get("opened_until"), record.get("buckets")
+        if isinstance(opened_until, bool) or not isinstance(opened_until, int | float) or not math.isfinite(opened_until):
+            raise ValueError(f"opened_until {opened_until!r} is not a finite number")
+        if not isinstance(buckets, list) or not all(
+            isinstance(row, list) and len(row) == 3 and all(type(n) is int for n in row) for row in buckets
+        ):
+            raise ValueError("breaker buckets are not a list of [bucket, calls, failures]")
+        return cls(opened_until=float(opened_until), buckets={row[0]: [row[1], row[2]] for row in buckets})
+
+    def lasts_until(self, config: CircuitBreaker) -> float:
+        """When the state stops mattering: never while open or half-open; once closed, when
+        its last counted outcome leaves the window."""
+        if self.opened_until:
+            return math.inf
+        if not self.buckets:
+            return 0.0
+        return (max(self.buckets) + BUCKETS) * config.window / BUCKETS

@@ -66,6 +66,36 @@ class BudgetState:
     paused: float = 0.0  # nothing is admitted before this time (an upstream Retry-After)
     counts: dict[int, float] = field(default_factory=dict)  # quotas: slot, or window start (ms) -> units
 
+    def to_record(self) -> dict[str, object]:
+        """The state as plain JSON values, to be kept across a restart."""
+        return {"tat": self.tat, "paused": self.paused, "counts": [[slot, units] for slot, units in self.counts.items()]}
+
+    @classmethod
+    def from_record(cls, record: object) -> BudgetState:
+        """A state read back from ``to_record``; ValueError for anything else."""
+        if not isinstance(record, dict):
+            raise ValueError("not a budget state")
+        counts = record.get("counts")
+        if not isinstance(counts, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in counts):
+            raise ValueError("budget counts are not a list of [slot, units]")
+        return cls(
+            tat=_finite(record.get("tat")),
+            paused=_finite(record.get("paused")),
+            counts={_whole(slot): _finite(units) for slot, units in counts},
+        )
+
+
+def _finite(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
+
 
 @dataclass(frozen=True)
 class Level:
@@ -178,6 +208,22 @@ def prune(charge: Charge, state: BudgetState, now: float) -> None:
         del state.counts[slot]
 
 
+def lasts_until(charge: Charge, state: BudgetState) -> float:
+    """When the state stops mattering (the bucket full, every count forgotten, the pause
+    over): after that it equals a fresh one, and a copy kept of it may go."""
+    until = state.paused
+    if charge.kind == BUCKET:
+        return max(until, state.tat)
+    if not state.counts:
+        return until
+    latest = max(state.counts)
+    if charge.kind == ROLLING:
+        width = slot_width(charge)
+        # As long as ``prune`` keeps it.
+        return max(until, latest * width + width + max(width, charge.margin, charge.per * MAX_MARGIN) + charge.per)
+    return max(until, charge.window[2] if latest >= _ms(charge.window[1]) else charge.window[1])
+
+
 def level(charge: Charge, state: BudgetState, now: float) -> Level:
     if charge.kind == BUCKET:
         debt = max(0.0, state.tat - now)
@@ -266,6 +312,14 @@ class BudgetBook:
 
     def _of(self, vendor: str, charges: Sequence[Charge]) -> list[BudgetState]:
         return [self._states.setdefault(f"{vendor}:{charge.key}", BudgetState()) for charge in charges]
+
+    def state(self, key: str) -> BudgetState | None:
+        """A budget's state by its key: the vendor, a colon, the charge's key."""
+        return self._states.get(key)
+
+    def put(self, key: str, state: BudgetState) -> None:
+        """Start a budget from a state kept before (a restart)."""
+        self._states[key] = state
 
     def charge(self, vendor: str, charges: Sequence[Charge], now: float, max_wait: float) -> Verdict:
         return decide(charges, self._of(vendor, charges), now, max_wait)
