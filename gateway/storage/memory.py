@@ -1,7 +1,9 @@
 """In-process storage: the embedded default for a single gateway process.
 
-Token records are also written to the local store under ``data_dir``, so a restart
-resumes with the last rotated refresh token instead of the configured (dead) one.
+What must outlive the process is kept in the local store under ``data_dir``: token
+records as they change (a restart resumes with the last rotated refresh token instead
+of the configured, dead, one), dead letters as they are kept, and budgets (their
+pauses too) and breakers about once a second (``kept.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from pathlib import Path
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission, BreakerState
-from gateway.core.budget import Adjustment, BudgetBook, Charge, Verdict
+from gateway.core.budget import Adjustment, BudgetBook, BudgetState, Charge, Verdict, lasts_until
 from gateway.deadletters import DeadLetter
 from gateway.storage.durable import LocalStore
+from gateway.storage.kept import Section, StateKeeper
 
 
 class LocalBudgets:
@@ -80,22 +83,58 @@ class MemoryCache:
 
 
 class MemoryStorage(LocalBudgets, MemoryCache):
+    """Raises StorageError when the local store under ``data_dir`` cannot be opened."""
+
     name = "memory"
 
     def __init__(self, data_dir: Path, cache_max: int = 256 * 1024**2) -> None:
         LocalBudgets.__init__(self)
         MemoryCache.__init__(self, cache_max)
-        self._data_dir = data_dir
-        self._local: LocalStore | None = None
+        self._local = LocalStore(data_dir)
         self._tokens: dict[str, bytes] = {}
         self._locks: dict[str, tuple[int, float]] = {}
         self._fences = itertools.count(1)
         self._breakers: dict[str, BreakerState] = {}
+        self._kept_budgets: Section[Charge] = Section("budget", self._export_budget, self._restore_budget)
+        self._kept_breakers: Section[CircuitBreaker] = Section("breaker", self._export_breaker, self._restore_breaker)
+        self._keeper = StateKeeper(self._local, [self._kept_budgets, self._kept_breakers])
+        self._keeper.load()
 
-    def _store(self) -> LocalStore:
-        if self._local is None:  # made on first use: a gateway without tokens writes nothing
-            self._local = LocalStore(self._data_dir)
-        return self._local
+    def _export_budget(self, key: str, charge: Charge) -> tuple[object, float]:
+        state = self._book.state(key) or BudgetState()
+        return state.to_record(), lasts_until(charge, state)
+
+    def _restore_budget(self, key: str, record: object) -> None:
+        self._book.put(key, BudgetState.from_record(record))
+
+    def _export_breaker(self, vendor: str, config: CircuitBreaker) -> tuple[object, float]:
+        state = self._breakers.get(vendor) or BreakerState()
+        return state.to_record(), state.lasts_until(config)
+
+    def _restore_breaker(self, vendor: str, record: object) -> None:
+        self._breakers[vendor] = BreakerState.from_record(record)
+
+    def _budgets_changed(self, vendor: str, charges: Sequence[Charge]) -> None:
+        # On every request, so the keeper's call per entry is saved.
+        changed = self._kept_budgets.changed
+        for charge in charges:
+            changed[f"{vendor}:{charge.key}"] = charge
+        self._keeper.wake()
+
+    async def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Verdict:
+        verdict = self._book.charge(vendor, charges, self._clock(), max_wait)
+        if verdict.admitted:
+            self._budgets_changed(vendor, charges)
+        return verdict
+
+    async def refund_budgets(self, vendor: str, charges: Sequence[Charge], at: float) -> None:
+        self._book.refund(vendor, charges, self._clock(), at)
+        self._budgets_changed(vendor, charges)
+
+    async def adjust_budgets(self, vendor: str, charges: Sequence[Charge], said: Sequence[Adjustment]) -> Verdict:
+        verdict = self._book.adjust(vendor, charges, self._clock(), said)
+        self._budgets_changed(vendor, charges)
+        return verdict
 
     async def ping(self) -> None:
         return None
@@ -115,7 +154,7 @@ class MemoryStorage(LocalBudgets, MemoryCache):
 
     async def get_token(self, vendor: str) -> bytes | None:
         if vendor not in self._tokens:
-            stored = await self._store().get(f"token:{vendor}")
+            stored = await self._local.get(f"token:{vendor}")
             if stored is None:
                 return None
             self._tokens[vendor] = stored
@@ -125,7 +164,7 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         if await self.get_token(vendor) != previous:
             return False
         self._tokens[vendor] = value
-        await self._store().put(f"token:{vendor}", value)
+        await self._local.put(f"token:{vendor}", value)
         return True
 
     async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int:
@@ -135,34 +174,36 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         return self._breakers.setdefault(vendor, BreakerState()).admit(config, time.time())
 
     async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
-        return self._breakers.setdefault(vendor, BreakerState()).record(config, time.time(), failure, probe)
+        state = self._breakers.setdefault(vendor, BreakerState()).record(config, time.time(), failure, probe)
+        self._keeper.changed(self._kept_breakers, vendor, config)
+        return state
 
     async def put_dead_letter(self, entry: DeadLetter) -> None:
-        await self._store().put_entry(entry.id, entry.vendor, entry.to_json())
+        await self._local.put_entry(entry.id, entry.vendor, entry.to_json())
 
     async def update_dead_letter(self, entry: DeadLetter) -> bool:
-        return await self._store().update_entry(entry.id, entry.to_json())
+        return await self._local.update_entry(entry.id, entry.to_json())
 
     async def claim_dead_letter(self, entry_id: str, seconds: float) -> bool:
         now = time.time()
-        return await self._store().claim_entry(entry_id, now, now + seconds)
+        return await self._local.claim_entry(entry_id, now, now + seconds)
 
     async def release_dead_letter(self, entry_id: str) -> None:
-        await self._store().release_entry(entry_id)
+        await self._local.release_entry(entry_id)
 
     async def get_dead_letter(self, entry_id: str) -> DeadLetter | None:
-        raw = await self._store().get_entry(entry_id)
+        raw = await self._local.get_entry(entry_id)
         return DeadLetter.from_json(raw) if raw is not None else None
 
     async def delete_dead_letter(self, entry_id: str) -> bool:
-        return await self._store().delete_entry(entry_id)
+        return await self._local.delete_entry(entry_id)
 
     async def list_dead_letters(self, vendor: str | None, after: str, limit: int) -> list[DeadLetter]:
-        return [DeadLetter.from_json(raw) for raw in await self._store().list_entries(vendor, after, limit)]
+        return [DeadLetter.from_json(raw) for raw in await self._local.list_entries(vendor, after, limit)]
 
     async def count_dead_letters(self, vendor: str) -> int:
-        return await self._store().count_entries(vendor)
+        return await self._local.count_entries(vendor)
 
     async def close(self) -> None:
-        if self._local is not None:
-            self._local.close()
+        await self._keeper.close()
+        self._local.close()
