@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from gateway import admin_cli
 from gateway.config.loader import Overrides, Settings, load_settings
 from gateway.config.model import CONFIG, POLICY
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StorageError
 
 DEFAULT_CONFIG = "gateway.yaml"
 
@@ -78,7 +78,7 @@ def _serve(settings: Settings) -> int:
     from gateway import process
 
     process.configure_logging()
-    refusal = process.anonymous_exposure(settings)
+    refusal = process.anonymous_exposure(settings) or _unusable_data_dir(settings)
     if refusal:
         print(f"gateway: {refusal}", file=sys.stderr)
         return 2
@@ -87,6 +87,21 @@ def _serve(settings: Settings) -> int:
     except OSError as exc:
         print(f"gateway: cannot listen on {settings.config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def _unusable_data_dir(settings: Settings) -> str | None:
+    """Why the embedded mode's data_dir cannot keep its state, or None. Asked before the
+    socket is bound: a gateway that cannot keep what it promises to must not start."""
+    config = settings.config
+    if config.storage != "memory":
+        return None
+    from gateway.storage.durable import LocalStore
+
+    try:
+        LocalStore.check(config.relative(config.data_dir))
+    except StorageError as exc:
+        return str(exc)
+    return None
 
 
 def _schema(of_config: bool) -> int:

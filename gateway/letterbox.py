@@ -28,6 +28,9 @@ class DeadLetterBox:
         self.storage = storage
         self._metrics = metrics
         self._policies = policies
+        for vendor, policy in policies.items():
+            if policy.dead_letter:  # shown at 0 from the start, so an alert on its increase works
+                metrics.dead_letters_lost.labels(vendor)
 
     async def keep(self, ex: Exchange, out: Outgoing, status: int, error: str) -> None:
         credentials = self._policies[ex.vendor].credentials
@@ -56,8 +59,14 @@ class DeadLetterBox:
         try:
             await self.storage.put_dead_letter(entry)
         except StorageError as exc:
-            # Loud, since the write is lost otherwise: the log keeps what can be kept.
-            log.error("dead letter NOT stored (%s): %s", exc, entry.summary(), extra={"request_id": ex.request_id})
+            # Loud, since the write is lost otherwise. What identifies it, never its body,
+            # headers or query (they may carry personal data or a caller's secret).
+            self._metrics.dead_letters_lost.labels(ex.vendor).inc()
+            log.error(
+                "dead letter LOST: %s %s %s (status %d, %d attempt(s), caller %s) could not be stored: %s id=%s",
+                ex.vendor, out.method, out.target.path, status, ex.attempts, ex.caller, exc, ex.request_id,
+                extra={"request_id": ex.request_id},
+            )
             return
         log.warning("%s %s %s kept as dead letter %s: %s", ex.vendor, out.method, out.target.path, entry.id, error[:200],
                     extra={"request_id": ex.request_id})

@@ -116,6 +116,13 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=self.registry,
         )
+        self.dead_letters_lost = Counter(
+            "gateway_dead_letters_lost_total",
+            "Failed writes that should have been kept as dead letters but could not be stored"
+            " (each is logged at ERROR with its request id)",
+            ["vendor"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         directory = os.environ.get(MULTIPROC_ENV)
