@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, config_file: str | None) -> int:
         return 2
     try:
         url = args.url or gateway_url(config_file)
-    except _Refused as exc:
+    except _CommandError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     base = url.rstrip("/") + "/_gateway/dead-letters"
@@ -73,13 +73,13 @@ def run(args: argparse.Namespace, config_file: str | None) -> int:
                 failed += result["outcome"] != "delivered"
                 print(f"{entry_id}: {result['outcome']} ({result['status']}, {result['attempts']} attempt(s))")
         return 1 if failed else 0
-    except _Refused as exc:
+    except _CommandError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
 
 
-class _Refused(Exception):
-    pass
+class _CommandError(Exception):
+    """Why the command could not do what it was asked: printed as one line, no traceback."""
 
 
 def gateway_url(config_file: str | None) -> str:
@@ -106,17 +106,17 @@ def _listen_of(config_file: str) -> str:
         raw, _ = read_yaml(text)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise _Refused(f"{config_file}:1: (file): cannot read: {reason}") from None
+        raise _CommandError(f"{config_file}:1: (file): cannot read: {reason}") from None
     except YamlProblem as exc:
-        raise _Refused(f"{config_file}:{exc.line}: (yaml): {exc.message}") from None
+        raise _CommandError(f"{config_file}:{exc.line}: (yaml): {exc.message}") from None
     if raw is None or (isinstance(raw, LineDict) and "listen" not in raw):
         return DEFAULT_LISTEN
     if not isinstance(raw, LineDict):
-        raise _Refused(f"{config_file}:1: (file): expected a mapping of settings")
+        raise _CommandError(f"{config_file}:1: (file): expected a mapping of settings")
     ctx = Context(file=config_file, environ={}, base_dir=Path(config_file).parent)
     listen = CONFIG.fields["listen"].spec.build(raw["listen"], ctx, "listen", raw.lines.get("listen", 1))
     if ctx.problems:
-        raise _Refused(str(ctx.problems[0]))
+        raise _CommandError(str(ctx.problems[0]))
     return str(listen)
 
 
@@ -130,7 +130,7 @@ def _call(method: str, url: str, key: str) -> Any:
             detail = json.loads(exc.read()).get("detail", exc.reason)
         except ValueError:
             detail = exc.reason
-        raise _Refused(f"{exc.code}: {detail}") from None
+        raise _CommandError(f"{exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
-        raise _Refused(f"cannot reach {url}: {exc.reason}") from None
+        raise _CommandError(f"cannot reach {url}: {exc.reason}") from None
     return json.loads(raw) if raw else None
