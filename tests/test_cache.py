@@ -7,7 +7,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mock_vendor import answer
 
-COMPANIES = {"match": {"path": "/companies/*"}, "ttl": "1s"}
+# Long enough that no answer expires while a test runs, however loaded the machine: the
+# tests of expiry give their own short TTL and only look after it has passed.
+COMPANIES = {"match": {"path": "/companies/*"}, "ttl": "1h"}
 
 
 def policy(vendor, *rules, **rest):
@@ -22,16 +24,21 @@ def slow(status=200, body=b'{"name": "Acme"}', delay=0.3, headers=None):
     return respond
 
 
-async def test_a_lookup_is_fetched_once_then_served_from_the_cache_until_its_ttl(gateway, vendor):
+async def test_a_lookup_is_fetched_once_then_served_from_the_cache(gateway, vendor):
     client = await gateway(policy(vendor))
     first = await client.get("/v/companies/42")
     assert first.status == 200 and first.headers["X-Gateway-Cache"] == "MISS"
     second = await client.get("/v/companies/42")
     assert second.headers["X-Gateway-Cache"] == "HIT" and second.headers["X-Gateway-Attempts"] == "0"
     assert await second.read() == await first.read()
-    assert second.headers["Age"] == "0" and second.headers["Content-Type"] == first.headers["Content-Type"]
+    assert int(second.headers["Age"]) < 60 and second.headers["Content-Type"] == first.headers["Content-Type"]
     assert second.headers["X-Request-Id"] != first.headers["X-Request-Id"]
     assert len(vendor.received) == 1
+
+
+async def test_an_answer_is_fetched_again_once_its_ttl_has_passed(gateway, vendor):
+    client = await gateway(policy(vendor, {**COMPANIES, "ttl": "1s"}))
+    assert (await client.get("/v/companies/42")).headers["X-Gateway-Cache"] == "MISS"
     await asyncio.sleep(1.05)
     assert (await client.get("/v/companies/42")).headers["X-Gateway-Cache"] == "MISS"
     assert len(vendor.received) == 2

@@ -11,7 +11,8 @@ import pytest
 
 from tests.mock_vendor import answer
 
-BREAKER = {"failure_ratio": 0.5, "window": "10s", "min_calls": 4, "open_for": "1s"}
+# Open for 3 s: long enough that the checks made while it is open all fit on a loaded box.
+BREAKER = {"failure_ratio": 0.5, "window": "10s", "min_calls": 4, "open_for": "3s"}
 ADMIN = {"X-Gateway-Admin-Key": "admin-key-1"}
 ADMIN_ENV = {"ADMIN": "admin-key-1", "VENDOR_KEY": "vendor-key-9"}
 
@@ -27,7 +28,7 @@ async def test_a_retry_after_from_the_vendor_is_honoured(gateway, vendor):
     response = await client.get("/v/x")
     elapsed = time.monotonic() - started
     assert response.status == 200 and response.headers["X-Gateway-Attempts"] == "2"
-    assert 1.0 <= elapsed < 1.5
+    assert 1.0 <= elapsed < 3  # the vendor's second, not the 10 ms backoff (nor much more)
 
 
 async def test_a_retry_after_longer_than_the_backoff_cap_is_answered_at_once(gateway, vendor):
@@ -36,7 +37,7 @@ async def test_a_retry_after_longer_than_the_backoff_cap_is_answered_at_once(gat
     started = time.monotonic()
     response = await client.get("/v/x")
     assert response.status == 429 and response.headers["Retry-After"] == "120"
-    assert time.monotonic() - started < 0.5 and len(vendor.received) == 1
+    assert time.monotonic() - started < 5 and len(vendor.received) == 1  # no 10 s wait
 
 
 async def test_post_is_retried_only_with_an_idempotency_key(gateway, vendor):
@@ -57,31 +58,34 @@ async def test_the_breaker_opens_probes_once_and_closes(gateway, vendor):
     for _ in range(4):
         assert (await client.get("/v/x")).status == 500
     response = await client.get("/v/x")
-    assert response.status == 503 and int(response.headers["Retry-After"]) == 1
+    assert response.status == 503 and 1 <= int(response.headers["Retry-After"]) <= 3
     problem = await response.json()
-    assert problem["type"] == "circuit-open" and problem["retry_after"] == 1
+    assert problem["type"] == "circuit-open" and problem["retry_after"] == int(response.headers["Retry-After"])
     assert len(vendor.received) == 4
     text = await (await client.get("/metrics")).text()
     assert 'gateway_circuit_state{vendor="v"} 2.0' in text
     status = await (await client.get("/_gateway/status")).json()
     assert status["vendors"]["v"]["circuit_breaker"] == "open"
-    await asyncio.sleep(1.05)
-    vendor.script(lambda request: _slow_ok(request))
+    await asyncio.sleep(3.05)
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held_ok(request):
+        from aiohttp import web
+
+        arrived.set()
+        await release.wait()
+        return web.Response(text="ok")
+
+    vendor.script(held_ok)
     probe = asyncio.create_task(client.get("/v/x"))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(arrived.wait(), 30)
     assert (await client.get("/v/x")).status == 503  # only one probe while it is out
+    release.set()
     assert (await probe).status == 200
     assert (await client.get("/v/x")).status == 200
     assert len(vendor.received) == 6
     text = await (await client.get("/metrics")).text()
     assert 'gateway_circuit_state{vendor="v"} 0.0' in text
-
-
-async def _slow_ok(request):
-    from aiohttp import web
-
-    await asyncio.sleep(0.3)
-    return web.Response(text="ok")
 
 
 async def test_two_processes_open_and_close_together(gateway_process, vendor, redis_server):
@@ -93,7 +97,7 @@ async def test_two_processes_open_and_close_together(gateway_process, vendor, re
             assert (await session.get(first.url + "/v/x")).status == 500
         response = await session.get(second.url + "/v/x")
         assert response.status == 503 and (await response.json())["type"] == "circuit-open"
-        await asyncio.sleep(1.05)
+        await asyncio.sleep(3.05)
         assert (await session.get(second.url + "/v/x")).status == 200  # the probe, from the other process
         assert (await session.get(first.url + "/v/x")).status == 200
     assert len(vendor.received) == 6
@@ -214,18 +218,22 @@ async def test_a_dead_letter_is_replayed_once_at_a_time_and_stays_deleted(gatewa
     [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
     url = f"/_gateway/dead-letters/{entry['id']}"
 
-    async def slow_failure(request):
-        await asyncio.sleep(0.3)
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held_failure(request):
         from aiohttp import web
 
+        arrived.set()
+        await release.wait()
         return web.Response(status=500)
 
-    vendor.script(slow_failure)
+    vendor.script(held_failure)
     first = asyncio.create_task(client.post(url + "/replay", headers=ADMIN))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(arrived.wait(), 30)
     second = await client.post(url + "/replay", headers=ADMIN)
     assert second.status == 409 and (await second.json())["type"] == "replay-in-progress"
     assert (await client.delete(url, headers=ADMIN)).status == 204  # deleted while the replay runs
+    release.set()
     assert (await (await first).json())["outcome"] == "failed"
     assert (await client.get(url, headers=ADMIN)).status == 404
     assert len(vendor.received) == 2
