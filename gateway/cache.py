@@ -1,9 +1,20 @@
 """Cached lookups for the pipeline: which requests a rule covers, reading and storing
-answers, and coalescing identical misses (within the process, and with Redis across
-processes through a short fetch lock, the others reading the answer it stores).
+answers, coalescing identical misses (within the process, and with Redis across
+processes through a short fetch lock, the others reading the answer it stores), and
+dropping what a successful write changed.
 
-Storage failures never fail a request: a read that fails is a miss, a write that fails
-is skipped.
+A read fetches the answer and the current generations of its rule and path together;
+the answer is stored with those generations, so a write that succeeds while its fetch
+is under way leaves it outdated at once (see gateway.core.cache). What a request gets is
+never older than a write that succeeded before it asked: a write's generations are
+bumped before its caller gets the answer; a hit needs an answer whose lookup read them
+after that; and a request joins an in-process fetch only when that fetch's lookup read
+generations at least as new as its own (across processes, the answer the fetch stores
+is read and checked like any other).
+
+Storage failures never fail a request: a read that fails is a miss (and its answer is
+not stored: it could not be placed after the writes before it), a write that fails is
+skipped, an invalidation that fails is logged.
 """
 
 from __future__ import annotations
@@ -14,13 +25,21 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 from multidict import CIMultiDict
 
 from gateway.config.model import CacheRule, Policy
-from gateway.core.cache import PARTIAL_OR_CONDITIONAL, Entry, cache_key, skips_read
+from gateway.core.cache import (
+    PARTIAL_OR_CONDITIONAL,
+    Entry,
+    Generations,
+    cache_key,
+    generation_names,
+    invalidations,
+    skips_read,
+)
 from gateway.errors import GatewayError, StorageError
 from gateway.metrics import Metrics
 from gateway.storage import Storage
@@ -31,7 +50,7 @@ log = logging.getLogger("gateway.cache")
 WAIT_STEP = 0.05
 
 
-@dataclass(frozen=True)
+@dataclass
 class Lookup:
     """One cacheable request."""
 
@@ -40,6 +59,9 @@ class Lookup:
     key: str
     bypass: bool  # the caller asked for a fresh answer: read nothing, store the new one
     headers: CIMultiDict[str]  # the caller's, for Vary
+    generations: tuple[str, str]  # the names of its rule's and its path's
+    seen: Generations | None = None  # as the latest read found them; None: not read
+    read_at: float = 0.0  # when that read began (the cache's clock)
 
 
 # What a fetch gives those waiting for it: an answer and how it is marked (MISS, or STALE
@@ -52,7 +74,12 @@ class Flight:
     """One in-process fetch of an answer, which identical requests wait for."""
 
     leading: bool
+    seen: Generations | None = None  # the leader's lookup's, when it began
     answer: asyncio.Future[Shared] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def serves(self, seen: Generations | None) -> bool:
+        """Whether a request whose lookup read ``seen`` may take this fetch's answer."""
+        return seen is None or (self.seen is not None and self.seen.covers(seen))
 
     def share(self, shared: Shared) -> None:
         if not self.answer.done():
@@ -89,45 +116,73 @@ class ResponseCache:
             return None
         key = cache_key(policy.vendor, method, path, query, headers, body)
         bypass = skips_read(headers.getall("Cache-Control", []), headers.getall("Pragma", []))
-        return Lookup(policy.vendor, rule, key, bypass, headers)
+        return Lookup(policy.vendor, rule, key, bypass, headers, generation_names(rule, path))
 
     def count(self, vendor: str, result: str) -> None:
         self._metrics.cache_requests.labels(vendor, result).inc()
 
     async def read(self, lookup: Lookup) -> Entry | None:
-        """The stored answer for this request (fresh or not), if any matches it."""
+        """The stored answer for this request (fresh or not), if one matches it and no write
+        has outdated it; None on a bypass, which reads only the generations."""
+        read_at = self.clock()
         try:
-            blob = await self._storage.cache_get(lookup.key)
+            blob, current = await self._storage.cache_get(lookup.key, lookup.vendor, lookup.generations)
         except StorageError as exc:
             log.warning("%s: cache read failed, treated as a miss: %s", lookup.vendor, exc)
+            lookup.seen = None
             return None
-        entry = Entry.from_bytes(blob) if blob is not None else None
-        return entry if entry is not None and entry.matches(lookup.headers) else None
+        lookup.seen, lookup.read_at = Generations(*current), read_at
+        entry = Entry.from_bytes(blob) if blob is not None and not lookup.bypass else None
+        if entry is None or not entry.generations.covers(lookup.seen):
+            return None
+        return entry if entry.matches(lookup.headers) else None
 
     async def store(self, lookup: Lookup, entry: Entry) -> None:
+        """Keep an answer under the generations its lookup read, for ``ttl + stale_if_error``
+        from that read (so it never outlives the generations that would outdate it)."""
+        seconds = entry.keep_for - (self.clock() - lookup.read_at)
+        if lookup.seen is None or seconds <= 0:
+            return
         try:
-            blob = entry.to_bytes()
+            blob = replace(entry, generations=lookup.seen).to_bytes()
         except (TypeError, orjson.JSONEncodeError):  # a header that is not text (raw bytes)
             log.info("%s: an answer with undecodable headers is not cached", lookup.vendor)
             return
         try:
-            await self._storage.cache_put(lookup.key, blob, entry.keep_for)
+            await self._storage.cache_put(lookup.key, blob, seconds)
         except StorageError as exc:
             log.warning("%s: cache write failed, answer not kept: %s", lookup.vendor, exc)
+
+    async def written(self, policy: Policy, method: str, path: str, status: int, request_id: str) -> None:
+        """A request got the vendor's final answer: if it was a successful write, drop the
+        stored answers it changed, before its caller hears of it."""
+        bumps = invalidations(policy.cache, method, path, status)
+        if not bumps:
+            return
+        try:
+            await self._storage.cache_invalidate(policy.vendor, bumps)
+        except StorageError as exc:
+            log.warning(
+                "%s: a successful %s could not drop the stored answers it changed (they are served "
+                "until their ttl): %s", policy.vendor, method, exc, extra={"request_id": request_id},
+            )
 
     @asynccontextmanager
     async def flight(self, lookup: Lookup) -> AsyncIterator[Flight]:
         """Lead the fetch of this answer, or follow the one in progress in this process."""
         current = self._flights.get(lookup.key)
-        if current is not None:
+        if current is not None and current.serves(lookup.seen):
             yield Flight(leading=False, answer=current.answer)
             return
-        flight = self._flights[lookup.key] = Flight(leading=True)
+        # A fetch that began before a write this request came after is no answer for it:
+        # it leads its own, which later requests join instead.
+        flight = self._flights[lookup.key] = Flight(leading=True, seen=lookup.seen)
         try:
             yield flight
         finally:
             flight.share(None)  # followers of a fetch that shared nothing fetch for themselves
-            del self._flights[lookup.key]
+            if self._flights.get(lookup.key) is flight:
+                del self._flights[lookup.key]
 
     @asynccontextmanager
     async def fetch_lock(self, lookup: Lookup, seconds: float) -> AsyncIterator[FetchLock]:

@@ -160,6 +160,7 @@ class Pipeline:
                 return response
             upstream = await self.send(ex, policy, out)
             status = upstream.status
+            await self.cache.written(policy, out.method, target.path, upstream.status, ex.request_id)
             if self.keeps(policy, out, upstream.status, by_gateway=False):
                 return await self.answer_and_keep(ex, request, out, upstream)
             return await self.answer(ex, request, upstream)
@@ -200,7 +201,7 @@ class Pipeline:
     ) -> web.StreamResponse:
         """A cacheable request: a fresh stored answer, or one fetch shared by identical misses."""
         now = time.time()
-        stored = None if lookup.bypass else await self.cache.read(lookup)
+        stored = await self.cache.read(lookup)  # on a bypass only the generations, for the store
         if stored is not None and stored.fresh(now):
             ex.cache = "HIT"
             return self.stored_answer(ex, request, stored)
@@ -338,6 +339,7 @@ class Pipeline:
             upstream = await self.attempts(ex, policy, out)
         except GatewayError as err:
             return Delivery(err.status, ex.attempts, f"{err.type}: {err.detail}")
+        await self.cache.written(policy, entry.method, entry.path, upstream.status, ex.request_id)
         try:
             body = await upstream.content.read(ERROR_EXCERPT)
         except (aiohttp.ClientError, asyncio.TimeoutError):

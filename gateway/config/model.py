@@ -25,8 +25,11 @@ from gateway.config.spec import (
     Percent,
     Reporter,
     Secret,
+    INVALID,
+    Context,
     SecretRef,
     Size,
+    Spec,
     Str,
     Tagged,
 )
@@ -35,6 +38,7 @@ from gateway.core.routing import RESERVED_VENDORS, VENDOR_NAME, compile_glob
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CACHEABLE_METHODS = frozenset({"GET", "HEAD", "POST"})
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _check_url(value: str) -> str | None:
@@ -260,12 +264,31 @@ BREAKER = Obj(
 )
 
 
+class _OneOrList(Spec):
+    """One value of ``item``, or a list of them: a tuple either way."""
+
+    def __init__(self, item: Spec, description: str = "") -> None:
+        self.items = ListOf(item, min_items=1)
+        self.item = item
+        self.description = description
+
+    def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
+        if isinstance(value, list):
+            return self.items.build(value, ctx, path, line)
+        built = self.item.build(value, ctx, path, line)
+        return INVALID if built is INVALID else (built,)
+
+    def schema(self) -> dict[str, Any]:
+        return self._schema({"anyOf": [self.item.schema(), self.items.schema()]})
+
+
 @dataclass(frozen=True)
 class CacheRule:
     match: Match
     ttl: float
     stale_if_error: float
     max_size: int
+    invalidated_by: tuple[Match, ...] = ()  # writes that drop every answer this rule stored
 
     def applies(self, method: str, path: str) -> bool:
         """GET and HEAD lookups; POST only where ``match.methods`` names it (search endpoints)."""
@@ -278,6 +301,10 @@ def _check_cache_rule(c: dict[str, Any], r: Reporter) -> None:
     methods = c["match"].methods
     if methods is not None and not methods <= CACHEABLE_METHODS:
         r.error("match", f"only GET, HEAD and POST lookups are cached, not {', '.join(sorted(methods - CACHEABLE_METHODS))}")
+    for match in c["invalidated_by"]:
+        if match.methods is not None and not match.methods <= WRITE_METHODS:
+            others = ", ".join(sorted(match.methods - WRITE_METHODS))
+            r.error("invalidated_by", f"only writes (POST, PUT, PATCH, DELETE) invalidate, not {others}")
 
 
 CACHE_RULE = Obj(
@@ -287,6 +314,10 @@ CACHE_RULE = Obj(
         "ttl": Field(Duration(positive=True), required=True),
         "stale_if_error": Field(Duration(), default=0.0),
         "max_size": Field(Size(), default=1024 * 1024),
+        "invalidated_by": Field(
+            _OneOrList(MATCH, description="writes that, when they succeed, drop every answer this rule stored"),
+            default=(),
+        ),
     },
     check=_check_cache_rule,
 )

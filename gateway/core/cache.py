@@ -7,6 +7,19 @@ of the body for POST lookups. It is a SHA-256 digest: nothing of the request, an
 credential (credentials are added per attempt, after the key is made), appears in storage.
 The headers a vendor names in ``Vary`` are recorded with the answer, and a stored answer
 is used only for a request that has the same values.
+
+Writes invalidate through generations (RFC 9111 4.4): each stored answer records the
+generation of its rule and of its path that its lookup read before the fetch went out. A
+successful write bumps its path's generation (every query and ``Accept`` variant of the
+path at once, since none of them is named), and the generation of every rule whose
+``invalidated_by`` it fits. A stored answer with an older generation than the current one
+is gone, for hits and for stale_if_error alike.
+
+A generation is a time in microseconds, and always more than the one before: a generation
+kept for a while then forgotten (expired) and bumped again must still come out above every
+generation an older answer recorded. A generation is kept at least as long as any answer
+recorded before its bump can live: answers live ``ttl + stale_if_error`` from their lookup's
+read, a generation that long (plus a margin) from its bump.
 """
 
 from __future__ import annotations
@@ -14,13 +27,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import orjson
 from multidict import MultiMapping
 
+from gateway.config.model import WRITE_METHODS, CacheRule
+
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 301, 404, 410})
 
-# Headers never stored with an answer: they belong to one exchange.
 # Headers never stored with an answer: they belong to one exchange, or are about the
 # vendor's rate limits at that moment (a hit an hour later must not repeat them).
 UNSTORED = frozenset({"age", "set-cookie", "retry-after"})
@@ -73,6 +88,68 @@ def varied_names(vary: Sequence[str]) -> list[str]:
     return sorted({name.strip().lower() for value in vary for name in value.split(",") if name.strip()})
 
 
+# How much longer than the answers it covers a generation is kept: for clocks that run
+# apart a little between the process that stores and the storage that expires.
+GENERATION_MARGIN = 60.0
+
+
+@dataclass(frozen=True)
+class Generations:
+    """The generations of a rule and a path, as a lookup read them (0: never bumped, or forgotten)."""
+
+    rule: int = 0
+    path: int = 0
+
+    def covers(self, current: Generations) -> bool:
+        """Whether an answer recorded under these is still valid now that ``current`` holds."""
+        return self.rule >= current.rule and self.path >= current.path
+
+
+def rule_generation(rule: CacheRule) -> str:
+    """The name of a rule's generation: from its match, so a reload that keeps the match keeps it."""
+    match = rule.match
+    methods = ",".join(sorted(match.methods)) if match.methods is not None else "*"
+    return "rule:" + hashlib.sha256(f"{methods}\0{match.path or '**'}".encode()).hexdigest()[:32]
+
+
+def path_generation(path: str) -> str:
+    """The name of a path's generation. Percent-decoded, so that ``a%40b.com`` and
+    ``a@b.com`` share one: two spellings of one resource are both dropped by a write to
+    either (different resources that decode alike only lose a hit)."""
+    return "path:" + hashlib.sha256(unquote(path or "/").encode()).hexdigest()[:32]
+
+
+def generation_names(rule: CacheRule, path: str) -> tuple[str, str]:
+    """The generations a lookup of ``path`` under ``rule`` reads, in ``Generations`` order."""
+    return rule_generation(rule), path_generation(path)
+
+
+def next_generation(current: int, now: float) -> int:
+    """The generation a bump sets: the time in microseconds, or one more than ``current``
+    when the clock is not ahead of it."""
+    return max(current + 1, int(now * 1_000_000))
+
+
+def invalidations(rules: Sequence[CacheRule], method: str, path: str, status: int) -> dict[str, float]:
+    """The generations a request's final answer bumps, each with how long to keep it.
+
+    Only a write answered 2xx bumps anything. A POST that a rule caches is a lookup, not a
+    write. The path's generation is bumped where some rule may have stored an answer of the
+    path; a rule's where the write fits its ``invalidated_by``.
+    """
+    if method not in WRITE_METHODS or not 200 <= status < 300 or any(r.applies(method, path) for r in rules):
+        return {}
+    bumps: dict[str, float] = {}
+    covering = [r.ttl + r.stale_if_error for r in rules if r.match.pattern is None or r.match.pattern.fullmatch(path or "/")]
+    if covering:
+        bumps[path_generation(path)] = max(covering) + GENERATION_MARGIN
+    for rule in rules:
+        if any(match.fits(method, path) for match in rule.invalidated_by):
+            name = rule_generation(rule)
+            bumps[name] = max(bumps.get(name, 0.0), rule.ttl + rule.stale_if_error + GENERATION_MARGIN)
+    return bumps
+
+
 @dataclass(frozen=True)
 class Entry:
     """A stored answer."""
@@ -85,6 +162,7 @@ class Entry:
     ttl: float
     stale_if_error: float
     vary: tuple[tuple[str, str], ...] = ()  # request header (lowercase) -> value it had
+    generations: Generations = Generations()  # as its lookup read them before the fetch
 
     def fresh(self, now: float) -> bool:
         return now < self.stored_at + self.ttl
@@ -113,6 +191,7 @@ class Entry:
                 "ttl": self.ttl,
                 "stale_if_error": self.stale_if_error,
                 "vary": self.vary,
+                "generations": (self.generations.rule, self.generations.path),
             }
         )
         return head + b"\n" + self.body
@@ -134,6 +213,7 @@ class Entry:
                 ttl=float(meta["ttl"]),
                 stale_if_error=float(meta["stale_if_error"]),
                 vary=tuple((str(k), str(v)) for k, v in meta["vary"]),
+                generations=Generations(*(int(g) for g in meta.get("generations", ()))),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None

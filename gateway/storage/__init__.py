@@ -7,7 +7,7 @@ process using that Redis. Backend failures surface as StorageError.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -54,7 +54,13 @@ class Storage(Protocol):
 
     async def peek_budgets(self, vendor: str, charges: Sequence[Charge]) -> Verdict: ...
 
-    async def cache_get(self, key: str) -> bytes | None: ...
+    async def cache_get(self, key: str, vendor: str, generations: Sequence[str]) -> tuple[bytes | None, list[int]]:
+        """A stored answer, if any, and the current values of the vendor's named
+        generations (0 for one never bumped or forgotten), read together."""
+
+    async def cache_invalidate(self, vendor: str, bumps: Mapping[str, float]) -> None:
+        """Bump each named generation of the vendor (gateway.core.cache.next_generation),
+        keeping it at least the given seconds."""
 
     async def cache_put(self, key: str, blob: bytes, seconds: float) -> None:
         """Keep a stored answer for ``seconds``."""

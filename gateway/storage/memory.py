@@ -11,12 +11,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission, BreakerState
 from gateway.core.budget import Adjustment, BudgetBook, BudgetState, Charge, Verdict, lasts_until
+from gateway.core.cache import next_generation
 from gateway.deadletters import DeadLetter
 from gateway.storage.durable import LocalStore
 from gateway.storage.kept import Section, StateKeeper
@@ -43,23 +44,47 @@ class LocalBudgets:
 
 
 class MemoryCache:
-    """Stored answers in this process: least recently used first out, beyond ``max_bytes``."""
+    """Stored answers in this process: least recently used first out, beyond ``max_bytes``;
+    and the generations that writes bump, each forgotten when its time is up."""
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._max = max_bytes
         self._size = 0
         self._clock = clock
+        self._generations: dict[tuple[str, str], tuple[int, float]] = {}  # -> (generation, kept until)
+        self._last_generation = 0
+        self._sweep_at = 1024
 
-    async def cache_get(self, key: str) -> bytes | None:
+    async def cache_get(self, key: str, vendor: str, generations: Sequence[str]) -> tuple[bytes | None, list[int]]:
+        now = self._clock()
+        current = [self._generation(vendor, name, now) for name in generations]
         found = self._entries.get(key)
         if found is None:
-            return None
-        if found[1] <= self._clock():
+            return None, current
+        if found[1] <= now:
             self._drop(key)
-            return None
+            return None, current
         self._entries.move_to_end(key)
-        return found[0]
+        return found[0], current
+
+    def _generation(self, vendor: str, name: str, now: float) -> int:
+        found = self._generations.get((vendor, name))
+        return found[0] if found is not None and found[1] > now else 0
+
+    async def cache_invalidate(self, vendor: str, bumps: Mapping[str, float]) -> None:
+        now = self._clock()
+        for name, seconds in bumps.items():
+            _, until = self._generations.get((vendor, name), (0, 0.0))
+            # Above every generation given out, not only this one's: a forgotten generation
+            # bumped again must come out above what older answers recorded.
+            self._last_generation = next_generation(self._last_generation, now)
+            self._generations[(vendor, name)] = (self._last_generation, max(until, now + seconds))
+        if len(self._generations) >= self._sweep_at:
+            # Generations live only while answers they could outdate do: as many as writes
+            # in that time. A sweep when their number doubles keeps the cost per write flat.
+            self._generations = {k: v for k, v in self._generations.items() if v[1] > now}
+            self._sweep_at = max(1024, 2 * len(self._generations))
 
     async def cache_put(self, key: str, blob: bytes, seconds: float) -> None:
         if len(blob) > self._max:
