@@ -17,6 +17,7 @@ from gateway.core.breaker import Admission, BreakerState
 from gateway.core.budget import Adjustment, BudgetBook, Charge, Verdict
 from gateway.deadletters import DeadLetter
 from gateway.storage.durable import LocalStore
+from gateway.storage.health import StorageHealth
 
 
 class LocalBudgets:
@@ -85,6 +86,7 @@ class MemoryStorage(LocalBudgets, MemoryCache):
     def __init__(self, data_dir: Path, cache_max: int = 256 * 1024**2) -> None:
         LocalBudgets.__init__(self)
         MemoryCache.__init__(self, cache_max)
+        self.health = StorageHealth("memory")
         self._data_dir = data_dir
         self._local: LocalStore | None = None
         self._tokens: dict[str, bytes] = {}
