@@ -103,7 +103,12 @@ class _Unseen:
     paused: float = 0.0
 
     def count(self, at: float, units: float) -> None:
-        slot = math.floor(at / slot_width(self.charge))
+        width = slot_width(self.charge)
+        slot = math.floor(at / width)
+        if slot not in self.spent:  # what no longer counts anywhere (nor lowers a bucket) goes
+            gone = at - self.charge.per * (1 + MAX_MARGIN) - 2 * width
+            for old in [s for s, (when, _) in self.spent.items() if when < gone]:
+                del self.spent[old]
         entry = self.spent.setdefault(slot, [at, 0.0])
         entry[0], entry[1] = max(entry[0], at), entry[1] + units
         if abs(entry[1]) < 1e-9:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -40,6 +41,9 @@ from gateway.storage.health import StorageHealth
 log = logging.getLogger("gateway.storage")
 
 TIMEOUT = 0.25
+# How often a budget call asks for every count of its budgets (else only those it changed):
+# what a process would put back after a restart is then at most this old.
+FULL_VIEW = 1.0
 LEVEL_FIELDS = 8  # per key in a budget reply: remaining, reset, paused_for, exceeded, tat, paused, used, counts
 
 
@@ -66,8 +70,11 @@ class _View:
         counts = "".join(f",{slot}:{units!r}" for slot, units in self.state.counts.items())
         return f"{self.state.tat!r},{self.state.paused!r},{self.seen!r},{self.used!r}{counts}"
 
-    def see(self, tat: float, paused: float, used: float, changed: str, now: float) -> None:
+    def see(self, tat: float, paused: float, used: float, changed: str, now: float, every: bool) -> None:
+        """Take in a reply: ``changed`` has the counts the call changed, or ``every`` one."""
         self.state.tat, self.state.paused, self.used, self.seen = tat, paused, used, now
+        if every:
+            self.state.counts.clear()
         counts, started = self.state.counts, False
         for item in filter(None, changed.split(",")):
             slot, units = item.split(":")
@@ -105,6 +112,7 @@ class RedisStorage:
         self._epochs: dict[str, str] = {}  # per vendor: the epoch of the Redis our views are of
         self._views: dict[str, dict[str, _View]] = {}  # per vendor, per budget key
         self._restoring: dict[str, asyncio.Lock] = {}
+        self._full_view_at: dict[str, float] = {}  # per vendor (monotonic): when to ask for every count
 
     async def _call(self, what: str, operation: Any) -> Any:
         try:
@@ -179,9 +187,9 @@ class RedisStorage:
         fields = [[*_adjustment_fields(said[i] if said else Adjustment()), ""] for i in range(len(charges))]
         for _ in range(3):
             known = self._epochs.get(vendor, "")
-            reply = await self._budget_script(vendor, op, charges, fields, arg, now)
+            reply, every = await self._budget_script(vendor, op, charges, fields, arg, now)
             if reply[0] != b"epoch":
-                return self._verdict(vendor, charges, reply)
+                return self._verdict(vendor, charges, reply, every)
             async with self._restoring.setdefault(vendor, asyncio.Lock()):
                 if self._epochs.get(vendor, "") == known:  # else a concurrent call did it meanwhile
                     await self._restore(vendor, bytes(reply[1]).decode(), now)
@@ -201,21 +209,26 @@ class RedisStorage:
             )
         charges = [view.charge for view in views]
         fields = [["", "", "", "", view.field()] for view in views]
-        reply = await self._budget_script(vendor, "restore", charges, fields, 0.0, now, secrets.token_hex(8))
-        self._verdict(vendor, charges, reply)
+        reply, every = await self._budget_script(vendor, "restore", charges, fields, 0.0, now, secrets.token_hex(8))
+        self._verdict(vendor, charges, reply, every)
 
     async def _budget_script(
         self, vendor: str, op: str, charges: Sequence[Charge], fields: Sequence[list[str]], arg: float,
         now: float | None, new_epoch: str = "",
-    ) -> Any:
-        args: list[str | int] = [op, "" if now is None else repr(now), repr(arg), self._epochs.get(vendor, ""), new_epoch]
+    ) -> tuple[Any, bool]:
+        every = op == "restore" or time.monotonic() >= self._full_view_at.get(vendor, 0.0)
+        if every:  # one call a second asks, not every call until one has the answer
+            self._full_view_at[vendor] = time.monotonic() + FULL_VIEW
+        args: list[str | int] = [
+            op, "" if now is None else repr(now), repr(arg), self._epochs.get(vendor, ""), new_epoch, int(every)
+        ]
         for c, extra in zip(charges, fields):
             args += [c.kind, repr(c.limit), repr(c.per), c.cost, repr(c.held), int(c.shadow), *map(repr, c.window),
                      repr(c.margin), *extra]
         keys = [key(vendor, f"budget:{c.key}") for c in charges] + [key(vendor, "budget-epoch")]
-        return await self._guarded("budget", lambda: self._budget(keys=keys, args=args))
+        return await self._guarded("budget", lambda: self._budget(keys=keys, args=args)), every
 
-    def _verdict(self, vendor: str, charges: Sequence[Charge], reply: Any) -> Verdict:
+    def _verdict(self, vendor: str, charges: Sequence[Charge], reply: Any, every: bool) -> Verdict:
         """A budget reply as a Verdict; what it shows of each budget is remembered."""
         self._epochs[vendor] = bytes(reply[4]).decode()
         at = float(reply[3])
@@ -231,7 +244,7 @@ class RedisStorage:
             if view is None:
                 view = views[charge.key] = _View(charge, BudgetState())
             view.charge = charge
-            view.see(float(tat), float(paused), float(used), bytes(changed).decode(), now)
+            view.see(float(tat), float(paused), float(used), bytes(changed).decode(), now, every)
         return Verdict(bool(int(reply[0])), float(reply[1]), int(reply[2]), tuple(levels), tuple(exceeded), at)
 
     # Stored answers are tagged by their own key, not the vendor's: a vendor's cache spreads

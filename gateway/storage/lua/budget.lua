@@ -7,7 +7,8 @@
 -- ARGV[1]: op: "charge" | "refund" | "adjust" | "peek" | "restore"; ARGV[2]: now in seconds
 -- ("" for Redis's clock); ARGV[3]: charge: max_wait; refund: the time the refunded request
 -- was to go; ARGV[4]: the epoch the caller knows ("": none yet); ARGV[5]: restore: the epoch
--- to make if there is none.
+-- to make if there is none; ARGV[6]: "1" to have every count in the reply, not only those
+-- the call changed.
 -- Then 15 fields per key: kind, limit, per, cost, held, shadow (0|1), window start, end,
 -- next end, margin, and for adjust: pause, remaining, reset ("" where the vendor said
 -- nothing), spent ("at:units,..." charged elsewhere); for restore: what the caller last saw
@@ -16,8 +17,8 @@
 -- Returns {"epoch", the epoch held or ""} when the caller must restore first, else
 -- {admitted (0|1), wait, blocking (0-based, -1 for none), at, epoch, then per key:
 -- remaining, reset, paused_for, exceeded (0|1), tat, paused, used (units counted now), and
--- "slot:units,..." of the counts this call changed}; times as strings (Lua numbers would be
--- truncated).
+-- "slot:units,..." of the counts this call changed (or of all)}; times as strings (Lua
+-- numbers would be truncated).
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
 if not now then
@@ -44,7 +45,7 @@ local function ms(t) return math.floor(t * 1000 + 0.5) end
 
 local charges, states = {}, {}
 for i = 1, #KEYS - 1 do
-  local b = 5 + (i - 1) * FIELDS
+  local b = 6 + (i - 1) * FIELDS
   charges[i] = {
     kind = ARGV[b + 1], limit = tonumber(ARGV[b + 2]), per = tonumber(ARGV[b + 3]),
     cost = tonumber(ARGV[b + 4]), held = tonumber(ARGV[b + 5]), shadow = ARGV[b + 6] == '1',
@@ -212,7 +213,6 @@ local function restore(c, s)
     s.counts[window_at(c, seen)] = math.max(s.counts[window_at(c, seen)] or 0, used)
   end
   prune(c, s)
-  for slot in pairs(s.counts) do s.touched[slot] = true end
 end
 
 local admitted, at, blocking = 0, now, -1
@@ -265,6 +265,9 @@ for i, c in ipairs(charges) do
     redis.call('PEXPIRE', KEYS[i], math.ceil(keep * 1000))
   end
   local remaining, reset, paused_for = level(c, s)
+  if ARGV[6] == '1' then
+    for slot in pairs(s.counts) do s.touched[slot] = true end
+  end
   local touched = {}
   for slot in pairs(s.touched) do
     touched[#touched + 1] = string.format('%.0f', slot) .. ':' .. num(s.counts[slot] or 0)
