@@ -1,4 +1,5 @@
-"""Shared storage misbehaving under load: a paused Redis, and a Redis restarted empty."""
+"""Shared storage misbehaving: a Redis paused under load, a Redis restarted empty, and the
+storage health that decides the fallback once for budgets and breakers."""
 
 import asyncio
 import logging
@@ -110,6 +111,14 @@ class _Clock:
         return self.now
 
 
+class _Listener:
+    def __init__(self):
+        self.changes = []
+
+    def changed(self, answering):
+        self.changes.append(answering)
+
+
 def _try(health):
     """Whether a call with a fallback is let through to storage."""
     try:
@@ -122,8 +131,8 @@ def _try(health):
 def test_after_a_failure_storage_is_asked_once_a_second_and_the_outage_is_logged_once(caplog):
     clock = _Clock()
     health = StorageHealth("redis", clock=clock)
-    changes = []
-    health.watch(changes.append)
+    listener = _Listener()
+    health.watch(listener.changed)
     caplog.set_level(logging.INFO, logger="gateway.storage")
     assert _try(health)  # the first failure
     assert [_try(health) for _ in range(100)] == [False] * 100  # the fallback at once, no round trip
@@ -136,7 +145,7 @@ def test_after_a_failure_storage_is_asked_once_a_second_and_the_outage_is_logged
     assert not health.failing
     with health.attempt():
         pass
-    assert changes == [False, True]
+    assert listener.changes == [False, True]
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert [level for level, _ in lines] == ["WARNING", "INFO"]
     assert "answers again after 2.5s" in lines[1][1]
@@ -148,14 +157,12 @@ KINDS = [
     Charge("r", ROLLING, limit=10, per=100.0, cost=1),
     Charge("f", FIXED, limit=10, per=60.0, cost=1, window=(T0 - 10, T0 + 50, T0 + 110)),
 ]
-
-
 LATER = {BUCKET: T0 + 60, ROLLING: T0 + 120, FIXED: T0 + 55}  # when each is whole again
 
 
 async def _restored(redis_server, charge):
-    """Levels before and after Redis loses its data, with charges taken in turns by two
-    processes (each sees only some of the slots charge by charge)."""
+    """Levels before and after Redis loses its data, the charges taken in turns by two
+    processes (so that each charged only some of the slots)."""
     a, b = RedisStorage(redis_server.url), RedisStorage(redis_server.url)
     try:
         for i in range(8):

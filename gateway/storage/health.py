@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -34,11 +35,12 @@ class StorageHealth:
         self._retry_at = 0.0
         self._probing = False
         self._clock = clock
-        self._listeners: list[Callable[[bool], None]] = []
+        self._listeners: list[weakref.WeakMethod[Callable[[bool], None]]] = []
 
     def watch(self, listener: Callable[[bool], None]) -> None:
-        """Call ``listener(answering)`` when an outage starts (False) and when it ends (True)."""
-        self._listeners.append(listener)
+        """Call the method ``listener(answering)`` when an outage starts (False) and when it
+        ends (True). Held weakly: an object replaced (a reload's) stops listening with it."""
+        self._listeners.append(weakref.WeakMethod(listener))
 
     @property
     def failing(self) -> bool:
@@ -80,5 +82,8 @@ class StorageHealth:
             self._tell(True)
 
     def _tell(self, answering: bool) -> None:
-        for listener in self._listeners:
-            listener(answering)
+        self._listeners = [ref for ref in self._listeners if ref() is not None]
+        for ref in self._listeners:
+            listener = ref()
+            if listener is not None:
+                listener(answering)
