@@ -5,6 +5,11 @@ fails (``on_storage_error``).
 A charge is one storage call (one Lua script with Redis) that reserves the request's place
 in every matching budget at once, or in none. A request that must wait sleeps until its
 reserved time; one whose caller leaves meanwhile gives its place back.
+
+While shared storage fails (its ``health`` decides when, for budgets and breakers alike)
+each process charges its own fallback, and notes what it admitted there; the first
+storage call after the outage hands that over, so that what was admitted meanwhile still
+counts in every process.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.callers import ANONYMOUS
@@ -29,17 +34,16 @@ from gateway.core.budget import (
     Level,
     Verdict,
     fixed_window,
+    slot_width,
 )
 from gateway.errors import BadRequest, BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.metrics import Metrics
 from gateway.storage import Storage
+from gateway.storage.health import RETRY
 from gateway.storage.memory import LocalBudgets
 
 log = logging.getLogger("gateway.budgets")
 
-# After shared storage fails, requests use the fallback for this long before one of them
-# tries storage again: a dead Redis costs one timeout a second, not one per request.
-RETRY_STORAGE = 1.0
 # How often a waiting request looks whether its caller is still connected (a local check).
 CALLER_CHECK = 0.25
 # Vendor answers said to wait longer than this are taken to say this (a day).
@@ -90,12 +94,29 @@ class SlowestAnswer:
 
 
 @dataclass
-class _Health:
-    """Whether shared storage is failing, and when to try it again."""
+class _Unseen:
+    """What the fallback did to one budget that shared storage has not heard of: units
+    admitted (less those given back) per slot, as (latest time, units), and a pause."""
 
-    down_since: float | None = None
-    retry_at: float = 0.0
-    probing: bool = False
+    charge: Charge
+    spent: dict[int, list[float]] = field(default_factory=dict)
+    paused: float = 0.0
+
+    def count(self, at: float, units: float) -> None:
+        width = slot_width(self.charge)
+        slot = math.floor(at / width)
+        if slot not in self.spent:  # what no longer counts anywhere (nor lowers a bucket) goes
+            gone = at - self.charge.per * (1 + MAX_MARGIN) - 2 * width
+            for old in [s for s, (when, _) in self.spent.items() if when < gone]:
+                del self.spent[old]
+        entry = self.spent.setdefault(slot, [at, 0.0])
+        entry[0], entry[1] = max(entry[0], at), entry[1] + units
+        if abs(entry[1]) < 1e-9:
+            del self.spent[slot]
+
+    def adjustment(self, now: float) -> Adjustment:
+        spent = tuple((at, units) for at, units in sorted(self.spent.values()))
+        return Adjustment(pause=self.paused - now if self.paused > now else None, spent=spent)
 
 
 class Budgets:
@@ -113,7 +134,8 @@ class Budgets:
         self._on_error = config.on_storage_error
         self._workers = config.workers
         self._local = LocalBudgets(clock)
-        self._health = _Health()
+        self._unseen: dict[str, dict[str, _Unseen]] = {}  # per vendor, per budget key
+        self._handing: dict[str, asyncio.Lock] = {}
         self._windows: dict[int, tuple[float, float, float]] = {}
         self._pauses: dict[tuple[str, str], float] = {}  # this process's view, for sleeping waiters
         self._slowest: dict[str, SlowestAnswer] = {}
@@ -121,6 +143,7 @@ class Budgets:
         self._seeded: set[tuple[str, str]] = set()  # fallback budgets started from those
         self.clock = clock
         self.sleep = sleep
+        storage.health.watch(self._storage_changed)
 
     def charges(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
         now = self.clock()
@@ -181,6 +204,8 @@ class Budgets:
             if verdict is None:  # storage failed and on_storage_error: allow
                 return
             charged.levels, charged.at = verdict.levels, verdict.at
+            if charged.local and verdict.admitted:
+                self._count_unseen(vendor, charged, verdict.at, 1)
             self._report(vendor, charged, verdict, count_exhausted=first)
             if not verdict.admitted:
                 name = charged.budgets[verdict.blocking].name if verdict.blocking >= 0 else None
@@ -221,10 +246,12 @@ class Budgets:
         """Give a reservation back (best effort: a failed refund only wastes the place)."""
         charged.reserved = False
         store, charges = self._store_of(charged)
+        if charged.local:
+            self._count_unseen(vendor, charged, charged.at, -1)
         try:
             await store.refund_budgets(vendor, charges, charged.at)
-        except StorageError as exc:
-            log.warning("%s: could not give back a budget reservation: %s", vendor, exc)
+        except StorageError:
+            pass  # the place stays taken until its time passes: a waste, nothing worse
 
     async def learn(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
                     headers: Any) -> None:
@@ -237,6 +264,7 @@ class Budgets:
             return
         vendor = policy.vendor
         adjustments = [s or Adjustment() for s in said]
+        until = 0.0
         if retry_after is not None and status in (429, 503):
             until = self.clock() + min(retry_after, MAX_PAUSE)
             for charge in charged.charges:
@@ -244,12 +272,19 @@ class Budgets:
                     key = (vendor, charge.key)
                     self._pauses[key] = max(self._pauses.get(key, 0.0), until)
             log.info("%s answered %d: budgets paused for %.1fs", vendor, status, min(retry_after, MAX_PAUSE))
-        store, charges = self._store_of(charged)
         try:
-            verdict = await store.adjust_budgets(vendor, charges, adjustments)
-        except StorageError as exc:
-            self._storage_failed(exc, self.clock())
+            verdict = await self._shared(
+                vendor, lambda store, charges: store.adjust_budgets(vendor, charges, adjustments), charged
+            )
+        except StorageUnavailable:  # on_storage_error: reject refuses requests, not what the vendor said
             return
+        if verdict is None:
+            return
+        if charged.local and until:
+            for charge in charged.charges:
+                if not charge.shadow:
+                    unseen = self._unseen_of(vendor, charge)
+                    unseen.paused = max(unseen.paused, until)
         charged.levels = verdict.levels
         for budget, lv in zip(charged.budgets, verdict.levels):
             self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
@@ -281,12 +316,9 @@ class Budgets:
             if verdict is None:
                 entry.update(remaining=None, reset=None)
             elif budget.key == "caller":
-                entry["callers"] = {
-                    c.name: {"remaining": lv.remaining, "reset": round(lv.reset, 3)}
-                    for c, lv in zip(who, verdict.levels)
-                }
+                entry["callers"] = {c.name: _standing(lv) for c, lv in zip(who, verdict.levels)}
             else:
-                entry.update(remaining=verdict.levels[0].remaining, reset=round(verdict.levels[0].reset, 3))
+                entry.update(_standing(verdict.levels[0]))
             out.append(entry)
         return out
 
@@ -307,29 +339,51 @@ class Budgets:
         self, vendor: str, call: Callable[[Any, Sequence[Charge]], Awaitable[Verdict]], charged: Charged
     ) -> Verdict | None:
         """Run a budget call on shared storage, or on the fallback while storage fails."""
-        health, now = self._health, self.clock()
-        if health.down_since is None or (now >= health.retry_at and not health.probing):
-            health.probing = health.down_since is not None
-            try:
-                result = await call(self._storage, charged.charges)
-            except StorageError as exc:
-                self._storage_failed(exc, now)
-            else:
-                self.storage_answers()
-                for charge, lv in zip(charged.charges, result.levels):
-                    self._last[(vendor, charge.key)] = lv
-                charged.local = False
-                return result
-            finally:
-                health.probing = False
+        try:
+            if vendor in self._unseen:
+                # Calls wait for the hand-over: a budget charged before it would not count
+                # what the fallback admitted.
+                async with self._handing.setdefault(vendor, asyncio.Lock()):
+                    if vendor in self._unseen:
+                        await self._hand_over(vendor)
+            result = await call(self._storage, charged.charges)
+        except StorageError:
+            pass
+        else:
+            for charge, lv in zip(charged.charges, result.levels):
+                self._last[(vendor, charge.key)] = lv
+            charged.local = False
+            return result
         if self._on_error == "reject":
-            raise StorageUnavailable("budget storage is unavailable", retry_after=RETRY_STORAGE)
+            raise StorageUnavailable("budget storage is unavailable", retry_after=RETRY)
         if self._on_error == "allow":
             return None
         charged.local = True
         scaled = self._scaled(charged.charges)
         await self._seed(vendor, scaled)
         return await call(self._local, scaled)
+
+    async def _hand_over(self, vendor: str) -> None:
+        """Tell shared storage what the fallback admitted (and the pauses it learnt) while
+        storage failed; raises StorageError when it still fails."""
+        unseen = list(self._unseen.pop(vendor).values())  # taken first: a concurrent call must not send it too
+        now = self.clock()
+        try:
+            await self._storage.adjust_budgets(vendor, [u.charge for u in unseen], [u.adjustment(now) for u in unseen])
+        except BaseException:  # failed or cancelled: kept for the next call (at worst counted twice)
+            for u in unseen:
+                kept = self._unseen_of(vendor, u.charge)
+                kept.paused = max(kept.paused, u.paused)
+                for at, units in u.spent.values():
+                    kept.count(at, units)
+            raise
+
+    def _unseen_of(self, vendor: str, charge: Charge) -> _Unseen:
+        return self._unseen.setdefault(vendor, {}).setdefault(charge.key, _Unseen(charge))
+
+    def _count_unseen(self, vendor: str, charged: Charged, at: float, sign: int) -> None:
+        for charge in charged.charges:
+            self._unseen_of(vendor, charge).count(at, sign * charge.cost)
 
     async def _seed(self, vendor: str, scaled: Sequence[Charge]) -> None:
         """A budget's first use in the fallback starts from its level last read from shared
@@ -341,21 +395,14 @@ class Budgets:
         self._seeded.update((vendor, c.key) for c in scaled)
 
     def storage_answers(self) -> None:
-        """Shared storage answered (a budget call, or /readyz's ping): the fallback ends."""
-        health = self._health
-        if health.down_since is not None:
-            log.warning("budget storage answers again after %.1fs", self.clock() - health.down_since)
-            health.down_since = None
-            self._metrics.storage_fallback.set(0)
-            self._seeded.clear()
+        """Shared storage answered /readyz's ping: the fallback ends."""
+        self._storage.health.answered()
 
-    def _storage_failed(self, exc: StorageError, now: float) -> None:
-        health = self._health
-        health.retry_at = now + RETRY_STORAGE
-        if health.down_since is None:
-            health.down_since = now
-            self._metrics.storage_fallback.set(1)
-            log.error("budget storage failed (%s); on_storage_error: %s", exc, self._on_error)
+    def _storage_changed(self, answering: bool) -> None:
+        self._metrics.storage_fallback.set(0 if answering else 1)
+        if answering:  # the next outage's fallback starts again from the shared levels
+            self._seeded.clear()
+            self._local = LocalBudgets(self.clock)
 
     def _scaled(self, charges: Sequence[Charge]) -> list[Charge]:
         """The fallback's share of each budget: every process limits alone, so each takes
@@ -429,16 +476,32 @@ def max_wait(policy: Policy, header: str | None) -> float:
 def rate_limit_headers(budgets: Sequence[Budget], levels: Sequence[Level]) -> dict[str, str]:
     """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-10) for every
     enforced budget, and the older RateLimit-Limit/-Remaining/-Reset for the tightest (the
-    one with the fewest requests left). Shadow budgets are not shown: callers would pace
-    themselves on a limit the gateway does not apply."""
-    shown = [(b, lv) for b, lv in zip(budgets, levels) if not b.shadow]
+    one with the fewest requests left). A paused budget has none left until its pause ends
+    (``t`` is the pause left, not the window's reset). Shadow budgets are not shown:
+    callers would pace themselves on a limit the gateway does not apply."""
+    shown = [(b, *_usable(lv)) for b, lv in zip(budgets, levels) if not b.shadow]
     if not shown:
         return {}
-    tight, level = min(shown, key=lambda pair: (pair[1].remaining // pair[0].cost, -pair[1].reset))
+    tight, left, reset = min(shown, key=lambda item: (item[1] // item[0].cost, -item[2]))
     return {
-        "RateLimit-Policy": ", ".join(f'"{b.name}";q={b.limit};w={math.ceil(b.per)}' for b, _ in shown),
-        "RateLimit": ", ".join(f'"{b.name}";r={lv.remaining};t={math.ceil(lv.reset)}' for b, lv in shown),
+        "RateLimit-Policy": ", ".join(f'"{b.name}";q={b.limit};w={math.ceil(b.per)}' for b, _, _ in shown),
+        "RateLimit": ", ".join(f'"{b.name}";r={r};t={t}' for b, r, t in shown),
         "RateLimit-Limit": str(tight.limit),
-        "RateLimit-Remaining": str(level.remaining),
-        "RateLimit-Reset": str(math.ceil(level.reset)),
+        "RateLimit-Remaining": str(left),
+        "RateLimit-Reset": str(reset),
     }
+
+
+def _usable(level: Level) -> tuple[int, int]:
+    """What a caller may take now, and in how many seconds that changes."""
+    if level.paused_for > 0:
+        return 0, math.ceil(level.paused_for)
+    return level.remaining, math.ceil(level.reset)
+
+
+def _standing(level: Level) -> dict[str, object]:
+    """A budget's level in /_gateway/status: what is left, when it resets, and a pause."""
+    out: dict[str, object] = {"remaining": level.remaining, "reset": round(level.reset, 3)}
+    if level.paused_for > 0:
+        out["paused_for"] = round(level.paused_for, 3)
+    return out

@@ -99,8 +99,9 @@ def _whole(value: object) -> int:
 
 @dataclass(frozen=True)
 class Level:
-    remaining: int  # whole units left now (0 while paused)
+    remaining: int  # whole units left now (a pause spends none of them)
     reset: float  # seconds until the budget is whole again (quotas: until the window moves)
+    paused_for: float = 0.0  # seconds until a vendor's pause ends: nothing goes before
 
 
 @dataclass(frozen=True)
@@ -236,10 +237,10 @@ def level(charge: Charge, state: BudgetState, now: float) -> Level:
         window = _window_at(charge, now)
         remaining = charge.limit - (state.counts.get(window, 0.0) if window is not None else 0.0)
         reset = (charge.window[1] if window == _ms(charge.window[0]) else charge.window[2]) - now
-    if state.paused > now:
-        remaining, reset = 0.0, max(reset, state.paused - now)
     # What this caller may still take: the reserve is not theirs.
-    return Level(max(0, math.floor(remaining - charge.held + EPSILON)), max(0.0, reset))
+    return Level(
+        max(0, math.floor(remaining - charge.held + EPSILON)), max(0.0, reset), max(0.0, state.paused - now)
+    )
 
 
 def decide(charges: Sequence[Charge], states: Sequence[BudgetState], now: float, max_wait: float) -> Verdict:
@@ -271,16 +272,21 @@ class Adjustment:
     """What the vendor said about one budget: pause it ``pause`` seconds (its Retry-After),
     or lower what is left to its own ``remaining`` (never raise it). With less than one
     request's cost left, nothing goes before the vendor's ``reset`` (seconds). A quota is
-    lowered only when the vendor's count lasts as long as ours (or it gives no reset)."""
+    lowered only when the vendor's count lasts as long as ours (or it gives no reset).
+    ``spent``: units charged elsewhere that this store never saw, as (time, units): what a
+    process's fallback admitted while this store failed."""
 
     pause: float | None = None
     remaining: float | None = None
     reset: float | None = None
+    spent: tuple[tuple[float, float], ...] = ()
 
 
 def adjust(charge: Charge, state: BudgetState, now: float, said: Adjustment) -> None:
     if said.pause is not None:
         state.paused = max(state.paused, now + said.pause)
+    for at, units in said.spent:
+        take(charge, state, at, units)
     if said.remaining is None:
         return
     remaining = max(0.0, said.remaining)

@@ -2,7 +2,8 @@
 
 ``memory`` keeps state inside the process (and what must survive a restart in the local
 store under ``data_dir``); ``redis://`` and ``rediss://`` share it among every gateway
-process using that Redis. Backend failures surface as StorageError.
+process using that Redis. Backend failures surface as StorageError; each backend's
+``health`` tells the users that have a fallback whether it answers.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission
 from gateway.core.budget import Adjustment, Charge, Verdict
 from gateway.deadletters import DeadLetter
+from gateway.storage.health import StorageHealth
 from gateway.storage.memory import MemoryStorage
 from gateway.storage.redis import RedisStorage
 
 
 class Storage(Protocol):
     name: str
+    health: StorageHealth
 
     async def ping(self) -> None:
         """Returns when the backend answers; raises StorageError otherwise."""

@@ -20,6 +20,7 @@ from gateway.core.budget import Adjustment, BudgetBook, BudgetState, Charge, Ver
 from gateway.core.cache import next_generation
 from gateway.deadletters import DeadLetter
 from gateway.storage.durable import LocalStore
+from gateway.storage.health import StorageHealth
 from gateway.storage.kept import Section, StateKeeper
 
 
@@ -115,6 +116,7 @@ class MemoryStorage(LocalBudgets, MemoryCache):
     def __init__(self, data_dir: Path, cache_max: int = 256 * 1024**2) -> None:
         LocalBudgets.__init__(self)
         MemoryCache.__init__(self, cache_max)
+        self.health = StorageHealth("memory")
         self._local = LocalStore(data_dir)
         self._tokens: dict[str, bytes] = {}
         self._locks: dict[str, tuple[int, float]] = {}

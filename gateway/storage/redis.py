@@ -1,16 +1,27 @@
 """Redis storage, shared by every gateway process pointed at the same Redis.
 
 Calls carry a short timeout: a dead Redis must cost each request milliseconds, not
-seconds. Keys are hash-tagged by vendor (``gateway:{vendor}:...``) so that one vendor's
-keys share a Redis Cluster slot and its scripts can touch them together. The Lua
-scripts are package data, registered once (EVALSHA, with the NOSCRIPT fallback that
-redis-py's Script does).
+seconds. Budget and breaker calls, which have a fallback, also go through ``health``:
+once Redis failed they fail at once, but for one probe a second. Keys are hash-tagged by
+vendor (``gateway:{vendor}:...``) so that one vendor's keys share a Redis Cluster slot
+and its scripts can touch them together. The Lua scripts are package data, registered
+once (EVALSHA, with the NOSCRIPT fallback that redis-py's Script does).
+
+A Redis restarted without its data (no ``appendonly``) would forget every count and
+admit a quota's whole limit again. So this process keeps what it last saw of each
+budget; the vendor's epoch key tells the script whether this Redis is the one that saw
+it, and when it is not, that view is merged back in (each count the larger of the
+Redis's and ours) before the call counts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -22,11 +33,18 @@ from redis.exceptions import ConnectionError, RedisError
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission
-from gateway.core.budget import Adjustment, Charge, Level, Verdict
+from gateway.core.budget import EPSILON, Adjustment, BudgetState, Charge, Level, Verdict, prune
 from gateway.deadletters import DeadLetter
 from gateway.errors import StorageError
+from gateway.storage.health import StorageHealth
+
+log = logging.getLogger("gateway.storage")
 
 TIMEOUT = 0.25
+# How often a budget call asks for every count of its budgets (else only those it changed):
+# what a process would put back after a restart is then at most this old.
+FULL_VIEW = 1.0
+LEVEL_FIELDS = 8  # per key in a budget reply: remaining, reset, paused_for, exceeded, tat, paused, used, counts
 
 
 def _script(name: str) -> str:
@@ -35,6 +53,38 @@ def _script(name: str) -> str:
 
 def key(vendor: str, name: str) -> str:
     return f"gateway:{{{vendor}}}:{name}"
+
+
+@dataclass
+class _View:
+    """What this process last saw of one budget in Redis: each slot's count as of its last
+    charge there, and the whole count as of its last call (``used`` at ``seen``)."""
+
+    charge: Charge
+    state: BudgetState
+    seen: float = 0.0
+    used: float = 0.0
+
+    def field(self) -> str:
+        """As the script's restore reads it: "tat,paused,seen,used,slot:units,..."."""
+        counts = "".join(f",{slot}:{units!r}" for slot, units in self.state.counts.items())
+        return f"{self.state.tat!r},{self.state.paused!r},{self.seen!r},{self.used!r}{counts}"
+
+    def see(self, tat: float, paused: float, used: float, changed: str, now: float, every: bool) -> None:
+        """Take in a reply: ``changed`` has the counts the call changed, or ``every`` one."""
+        self.state.tat, self.state.paused, self.used, self.seen = tat, paused, used, now
+        if every:
+            self.state.counts.clear()
+        counts, started = self.state.counts, False
+        for item in filter(None, changed.split(",")):
+            slot, units = item.split(":")
+            if float(units) > EPSILON:
+                started = started or int(slot) not in counts
+                counts[int(slot)] = float(units)
+            else:
+                counts.pop(int(slot), None)
+        if started:  # a slot (or window) began: those that stopped counting go
+            prune(self.charge, self.state, now)
 
 
 class RedisStorage:
@@ -60,12 +110,23 @@ class RedisStorage:
         self._update_entry = self.client.register_script(_script("update_entry.lua"))
         self._budget = self.client.register_script(_script("budget.lua"))
         self._invalidate = self.client.register_script(_script("invalidate.lua"))
+        self.health = StorageHealth("redis")
+        self._epochs: dict[str, str] = {}  # per vendor: the epoch of the Redis our views are of
+        self._views: dict[str, dict[str, _View]] = {}  # per vendor, per budget key
+        self._restoring: dict[str, asyncio.Lock] = {}
+        self._full_view_at: dict[str, float] = {}  # per vendor (monotonic): when to ask for every count
 
     async def _call(self, what: str, operation: Any) -> Any:
         try:
             return await operation
         except (RedisError, OSError) as exc:
             raise StorageError(f"redis {what} failed: {type(exc).__name__}") from None
+
+    async def _guarded(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """A call that has a fallback: through ``health``, so that while Redis fails it
+        fails at once, without a round trip (but for the probe)."""
+        with self.health.attempt():
+            return await self._call(what, operation())
 
     async def ping(self) -> None:
         await self._call("ping", self.client.ping())
@@ -102,8 +163,8 @@ class RedisStorage:
         """One breaker step; ``now`` only for tests (Redis's own clock otherwise)."""
         args: list[str | float] = [op, "" if now is None else repr(now), config.window, config.min_calls, config.failure_ratio,
                 config.open_for, int(failure), int(probe)]
-        allowed, is_probe, retry_after, state = await self._call(
-            "breaker", self._breaker(keys=[key(vendor, "breaker")], args=args)
+        allowed, is_probe, retry_after, state = await self._guarded(
+            "breaker", lambda: self._breaker(keys=[key(vendor, "breaker")], args=args)
         )
         return Admission(bool(allowed), bool(is_probe), float(retry_after), int(state))
 
@@ -123,18 +184,70 @@ class RedisStorage:
         self, vendor: str, op: str, charges: Sequence[Charge], *, arg: float = 0.0,
         said: Sequence[Adjustment] = (), now: float | None = None,
     ) -> Verdict:
-        """One budget step in one round trip; ``now`` only for tests (Redis's own clock otherwise)."""
-        args: list[str | int] = [op, "" if now is None else repr(now), repr(arg)]
-        for i, c in enumerate(charges):
-            what = said[i] if said else Adjustment()
+        """One budget step in one round trip (two more, once, after Redis lost the vendor's
+        budgets); ``now`` only for tests (Redis's own clock otherwise)."""
+        fields = [[*_adjustment_fields(said[i] if said else Adjustment()), ""] for i in range(len(charges))]
+        for _ in range(3):
+            known = self._epochs.get(vendor, "")
+            reply, every = await self._budget_script(vendor, op, charges, fields, arg, now)
+            if reply[0] != b"epoch":
+                return self._verdict(vendor, charges, reply, every)
+            async with self._restoring.setdefault(vendor, asyncio.Lock()):
+                if self._epochs.get(vendor, "") == known:  # else a concurrent call did it meanwhile
+                    await self._restore(vendor, bytes(reply[1]).decode(), now)
+        raise StorageError("redis budget failed: the vendor's budgets vanished again as they were put back")
+
+    async def _restore(self, vendor: str, held: str, now: float | None) -> None:
+        """Redis holds another epoch of the vendor's budgets than ours (``held``), or none:
+        put back what this process last saw of them (nothing, if it saw nothing)."""
+        views = list(self._views.get(vendor, {}).values())
+        if held and not views:
+            self._epochs[vendor] = held  # a Redis this process had not used: nothing to put back
+            return
+        if views:
+            log.warning(
+                "redis lost the budgets of %s (restarted without its data? run it with appendonly yes):"
+                " putting back what this process last saw of %d of them", vendor, len(views),
+            )
+        charges = [view.charge for view in views]
+        fields = [["", "", "", "", view.field()] for view in views]
+        reply, every = await self._budget_script(vendor, "restore", charges, fields, 0.0, now, secrets.token_hex(8))
+        self._verdict(vendor, charges, reply, every)
+
+    async def _budget_script(
+        self, vendor: str, op: str, charges: Sequence[Charge], fields: Sequence[list[str]], arg: float,
+        now: float | None, new_epoch: str = "",
+    ) -> tuple[Any, bool]:
+        every = op == "restore" or time.monotonic() >= self._full_view_at.get(vendor, 0.0)
+        if every:  # one call a second asks, not every call until one has the answer
+            self._full_view_at[vendor] = time.monotonic() + FULL_VIEW
+        args: list[str | int] = [
+            op, "" if now is None else repr(now), repr(arg), self._epochs.get(vendor, ""), new_epoch, int(every)
+        ]
+        for c, extra in zip(charges, fields):
             args += [c.kind, repr(c.limit), repr(c.per), c.cost, repr(c.held), int(c.shadow), *map(repr, c.window),
-                     repr(c.margin)]
-            args += ["" if v is None else repr(v) for v in (what.pause, what.remaining, what.reset)]
-        keys = [key(vendor, f"budget:{c.key}") for c in charges]
-        reply = await self._call("budget", self._budget(keys=keys, args=args))
-        levels = tuple(Level(int(reply[i]), float(reply[i + 1])) for i in range(4, len(reply), 3))
-        exceeded = tuple(bool(int(reply[i + 2])) for i in range(4, len(reply), 3))
-        return Verdict(bool(int(reply[0])), float(reply[1]), int(reply[2]), levels, exceeded, float(reply[3]))
+                     repr(c.margin), *extra]
+        keys = [key(vendor, f"budget:{c.key}") for c in charges] + [key(vendor, "budget-epoch")]
+        return await self._guarded("budget", lambda: self._budget(keys=keys, args=args)), every
+
+    def _verdict(self, vendor: str, charges: Sequence[Charge], reply: Any, every: bool) -> Verdict:
+        """A budget reply as a Verdict; what it shows of each budget is remembered."""
+        self._epochs[vendor] = bytes(reply[4]).decode()
+        at = float(reply[3])
+        now = at - float(reply[1])
+        views = self._views.setdefault(vendor, {})
+        levels, exceeded = [], []
+        for i, charge in enumerate(charges):
+            first = 5 + i * LEVEL_FIELDS
+            remaining, reset, paused_for, over, tat, paused, used, changed = reply[first : first + LEVEL_FIELDS]
+            levels.append(Level(int(remaining), float(reset), float(paused_for)))
+            exceeded.append(bool(int(over)))
+            view = views.get(charge.key)
+            if view is None:
+                view = views[charge.key] = _View(charge, BudgetState())
+            view.charge = charge
+            view.see(float(tat), float(paused), float(used), bytes(changed).decode(), now, every)
+        return Verdict(bool(int(reply[0])), float(reply[1]), int(reply[2]), tuple(levels), tuple(exceeded), at)
 
     # Stored answers are tagged by their own key, not the vendor's: a vendor's cache spreads
     # over the cluster, and an answer and its fetch lock share a slot.
@@ -238,3 +351,9 @@ class RedisStorage:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _adjustment_fields(said: Adjustment) -> list[str]:
+    """What the vendor said, as the script's pause, remaining, reset and spent fields."""
+    fields = ["" if v is None else repr(v) for v in (said.pause, said.remaining, said.reset)]
+    return [*fields, ",".join(f"{at!r}:{units!r}" for at, units in said.spent)]

@@ -26,9 +26,11 @@ WINDOW = (T0 - 10, T0 + 50, T0 + 110)
 FIXED_Q = Charge("month", FIXED, limit=3, per=60.0, cost=1, window=WINDOW)
 SLOW = Charge("slow", ROLLING, limit=2, per=100.0, cost=1, margin=5.0)  # answers took up to 5 s
 SHADOW = Charge("credits", FIXED, limit=2, per=60.0, cost=1, shadow=True, window=WINDOW)
+HANDED = Charge("handed", ROLLING, limit=5, per=100.0, cost=1)
 
 # (seconds after T0, op, charges, argument) -> expected (admitted, wait, blocking, levels) for
-# charge and peek; levels for refund and adjust.
+# charge and peek; levels for refund and adjust. A level is (remaining, reset), and the pause
+# left as a third item while paused.
 SCENARIO = [
     # A bucket of 10 lets a burst of 10 through, then one a second.
     *[(0.0, "charge", [BURST], 0.0, (True, 0.0, -1, [(9 - i, i + 1.0)])) for i in range(10)],
@@ -67,14 +69,21 @@ SCENARIO = [
     (3.0, "charge", [SHADOW], 0.0, (True, 0.0, -1, [(1, 47.0)])),
     (3.0, "charge", [SHADOW], 0.0, (True, 0.0, -1, [(0, 47.0)])),
     (3.0, "charge", [SHADOW], 0.0, (True, 0.0, -1, [(0, 47.0)])),
-    # The vendor's 429 with Retry-After: 7 pauses the bucket; its counters lower ours.
-    (200.0, "adjust", [BURST], Adjustment(pause=7.0), [(0, 7.0)]),
-    (203.0, "charge", [BURST], 0.0, (False, 4.0, 0, [(0, 4.0)])),
+    # The vendor's 429 with Retry-After: 7 pauses the bucket (spending none of it: it is all
+    # there when the pause ends); its counters lower ours.
+    (200.0, "adjust", [BURST], Adjustment(pause=7.0), [(10, 0.0, 7.0)]),
+    (203.0, "charge", [BURST], 0.0, (False, 4.0, 0, [(10, 0.0, 4.0)])),
     (207.0, "charge", [BURST], 0.0, (True, 0.0, -1, [(9, 1.0)])),
     (207.0, "adjust", [BURST], Adjustment(remaining=3.0), [(3, 7.0)]),
     (207.0, "adjust", [BURST], Adjustment(remaining=8.0), [(3, 7.0)]),  # never raised
-    (207.0, "adjust", [BURST], Adjustment(remaining=0.0, reset=30.0), [(0, 30.0)]),
+    (207.0, "adjust", [BURST], Adjustment(remaining=0.0, reset=30.0), [(3, 7.0, 30.0)]),
     (207.0, "adjust", [DAILY], Adjustment(remaining=1.0), [(1, 27.0)]),
+    (237.0, "peek", [BURST], 0.0, (False, 0.0, -1, [(10, 0.0)])),
+    # What a fallback admitted while storage failed is handed over and counts where it was spent.
+    (800.0, "adjust", [HANDED], Adjustment(spent=((T0 + 795.0, 2.0), (T0 + 799.5, 1.0))), [(2, 97.0)]),
+    (800.0, "charge", [HANDED], 0.0, (True, 0.0, -1, [(1, 97.0)])),
+    (800.0, "adjust", [HANDED, BURST], Adjustment(pause=3.0, spent=((T0 + 799.0, 2.0),)), [(0, 97.0, 3.0), (9, 1.0, 3.0)]),  # 2 at 799: one refilled by 800
+    (801.0, "charge", [HANDED], 5.0, (False, 96.0, 0, [(0, 96.0, 2.0)])),
     # With a margin of 5 s, a count of a slot outlasts the window by 5 s, not one slot.
     (700.0, "charge", [SLOW], 0.0, (True, 0.0, -1, [(1, 106.0)])),
     (700.5, "charge", [SLOW], 0.0, (True, 0.0, -1, [(0, 105.5)])),
@@ -83,15 +92,18 @@ SCENARIO = [
 
 
 def _shape(verdict, op):
-    levels = [(lv.remaining, round(lv.reset, 6)) for lv in verdict.levels]
+    levels = [
+        (lv.remaining, round(lv.reset, 6), *((round(lv.paused_for, 6),) if lv.paused_for else ()))
+        for lv in verdict.levels
+    ]
     if op in ("refund", "adjust"):
         return levels
     return (verdict.admitted, round(verdict.wait, 6), verdict.blocking, levels)
 
 
-def _args(op, argument):
+def _args(op, charges, argument):
     if op == "adjust":
-        return {"said": [argument]}
+        return {"said": [argument] * len(charges)}
     return {"arg": T0 + argument if op == "refund" else argument}
 
 
@@ -127,7 +139,7 @@ async def test_the_redis_script_gives_the_same_answers(redis_server):
     results = []
     try:
         for t, op, charges, argument, _ in SCENARIO:
-            verdict = await storage.budget_call("v", op, charges, now=T0 + t, **_args(op, argument))
+            verdict = await storage.budget_call("v", op, charges, now=T0 + t, **_args(op, charges, argument))
             results.append(_shape(verdict, op))
     finally:
         await storage.close()
@@ -204,8 +216,10 @@ def test_a_day_window_across_a_dst_change_is_23_hours():
     assert end - start == 23 * 3600
 
 
-def test_a_paused_budget_reports_nothing_left_until_the_pause_ends():
+def test_a_paused_budget_keeps_what_is_left_and_says_how_long_the_pause_lasts():
     book = BudgetBook()
+    book.charge("v", [BURST], T0, 0.0)
     book.adjust("v", [BURST], T0, [Adjustment(pause=5.0)])
-    assert book.peek("v", [BURST], T0 + 1).levels == (Level(0, 4.0),)
+    assert book.peek("v", [BURST], T0 + 0.5).levels == (Level(9, 0.5, 4.5),)
+    assert not book.charge("v", [BURST], T0 + 1, 0.0).admitted
     assert book.peek("v", [BURST], T0 + 5).levels == (Level(10, 0.0),)
