@@ -38,7 +38,7 @@ from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.breaker import is_failure
 from gateway.core.cache import Entry, entry_for, storable
-from gateway.core.headers import CALLER_ONLY, hop_by_hop, parse_retry_after
+from gateway.core.headers import caller_only, hop_by_hop, parse_retry_after
 from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
 from gateway.credentials import CredentialProvider
 from gateway.deadletters import ERROR_EXCERPT, KEPT_GATEWAY_STATUSES, WRITES, DeadLetter
@@ -529,8 +529,10 @@ def request_id(request: web.BaseRequest) -> str:
 
 
 def forward_headers(request: web.Request, request_id: str, body: RequestBody) -> CIMultiDict[str]:
-    dropped = hop_by_hop(request.headers.getall("Connection", ())) | CALLER_ONLY
-    headers = CIMultiDict((name, value) for name, value in request.headers.items() if name.lower() not in dropped)
+    dropped = hop_by_hop(request.headers.getall("Connection", ()))
+    headers = CIMultiDict(
+        (name, value) for name, value in request.headers.items() if name.lower() not in dropped and not caller_only(name)
+    )
     headers["X-Request-Id"] = request_id
     if not body.replayable and request.content_length is not None:
         # A streamed upload keeps its declared length instead of becoming chunked.
@@ -560,7 +562,8 @@ def _failure_error(policy: Policy, outcome: Outcome, reason: str, attempts: int)
     tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
     if outcome.failure == "timeout":
         return UpstreamTimeout(f"{policy.vendor} did not answer in {policy.timeout:g}s {tries}", vendor=policy.vendor)
-    return UpstreamUnavailable(f"{policy.vendor} could not be reached {tries}: {reason}", vendor=policy.vendor)
+    failed = "gave no usable answer" if outcome.sent else "could not be reached"
+    return UpstreamUnavailable(f"{policy.vendor} {failed} {tries}: {reason}", vendor=policy.vendor)
 
 
 def problem_response(err: GatewayError, request_id: str, attempts: int = 0) -> web.Response:
