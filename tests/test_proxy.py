@@ -353,3 +353,26 @@ async def test_a_raw_hash_in_the_target_is_a_bad_request(gateway, vendor, target
     await raw_request(client, b"GET /v/x?next=%23ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert vendor.last.raw_path == "/x?next=%23ok"  # encoded, it is the caller's data
 
+
+async def test_the_gateways_own_errors_are_counted_by_type_and_the_vendors_are_not(gateway, vendor):
+    client = await gateway(
+        policy(vendor, budgets=[{"name": "tiny", "limit": 1, "per": "1m"}]),
+        {"vendor": "b", "upstream": vendor.url,
+         "circuit_breaker": {"failure_ratio": 0.5, "window": "1m", "min_calls": 1, "open_for": "1m"}},
+        {"vendor": "down", "upstream": f"http://127.0.0.1:{free_port()}"},  # nothing listens
+    )
+    assert (await client.get("/v/a")).status == 200
+    assert (await client.get("/v/b")).status == 429  # ours: budget-exhausted
+    vendor.script(503)
+    assert (await client.get("/b/a")).status == 503  # the vendor's own: counted nowhere here
+    assert (await client.get("/b/b")).status == 503  # ours: circuit-open
+    assert (await client.get("/down/x")).status == 502
+    assert (await client.get("/nowhere/x")).status == 404
+    text = await (await client.get("/metrics")).text()
+    errors = sorted(line for line in text.splitlines() if line.startswith("gateway_errors_total{"))
+    assert errors == [
+        'gateway_errors_total{type="budget-exhausted",vendor="v"} 1.0',
+        'gateway_errors_total{type="circuit-open",vendor="b"} 1.0',
+        'gateway_errors_total{type="unknown-vendor",vendor="unknown"} 1.0',
+        'gateway_errors_total{type="upstream-unavailable",vendor="down"} 1.0',
+    ]
