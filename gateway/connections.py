@@ -13,6 +13,9 @@ drips its head is closed by the head clock, with a 408 if it sent any bytes (a b
 unused preconnect gets no answer it could take for another request's); an idle keep-alive
 connection is closed by the idle clock. The request body is the pipeline's concern.
 
+A head aiohttp cannot parse is answered 400 bad-request as a problem, logged at INFO:
+aiohttp's own answer echoes the bytes and its log line is an ERROR with a traceback.
+
 aiohttp has no hook before a head is parsed, so this subclasses its connection protocol
 and server and reads three of their internals: the connection's ``_waiter`` (pending
 while it waits for a request) and the server's ``_loop`` and ``_kwargs`` (its options).
@@ -27,17 +30,18 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.errors import RequestTimeout
+from gateway.errors import BadRequest, GatewayError, RequestTimeout
+from gateway.upstream import describe_invalid
 
 log = logging.getLogger("gateway.connections")
 
 
-def timeout_answer(header_timeout: float) -> bytes:
+def timeout_answer(late: RequestTimeout) -> bytes:
     """The 408 sent on a connection whose head is late, as bytes ready for the socket."""
-    body = orjson.dumps(RequestTimeout(f"the request head did not arrive within {header_timeout:g}s").problem())
+    body = orjson.dumps(late.problem())
     head = (
         "HTTP/1.1 408 Request Timeout\r\n"
         "Content-Type: application/problem+json\r\n"
@@ -50,17 +54,18 @@ def timeout_answer(header_timeout: float) -> bytes:
 class CallerConnection(RequestHandler):
     """aiohttp's connection protocol with a deadline on each request head."""
 
-    __slots__ = ("_head_timeout", "_head_late", "_head_timer", "_head_bytes", "_timeout_answer")
+    __slots__ = ("_head_timeout", "_refused", "_head_timer", "_head_bytes", "_late", "_timeout_answer")
 
     def __init__(
-        self, manager: web.Server, *, header_timeout: float, head_late: Callable[[], None], **kwargs: Any
+        self, manager: web.Server, *, header_timeout: float, refused: Callable[[GatewayError], None], **kwargs: Any
     ) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout = header_timeout
-        self._head_late = head_late
+        self._refused = refused  # told of each request refused here, for the metrics
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False  # whether any byte of the awaited head has arrived
-        self._timeout_answer = timeout_answer(header_timeout)
+        self._late = RequestTimeout(f"the request head did not arrive within {header_timeout:g}s")
+        self._timeout_answer = timeout_answer(self._late)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -107,15 +112,27 @@ class CallerConnection(RequestHandler):
             log.info("%s: no complete request head within %gs: 408, connection closed",
                      peer[0] if peer else "-", self._head_timeout)
             transport.write(self._timeout_answer)
-            self._head_late()
+            self._refused(self._late)
         self.force_close()
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, http_exceptions.HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        refusal = BadRequest(f"malformed request: {describe_invalid(exc, 'request line')}")
+        log.info("%s: %s", request.remote or "-", refusal.detail)
+        self._refused(refusal)
+        response = web.Response(status=400, body=orjson.dumps(refusal.problem()), content_type="application/problem+json")
+        response.force_close()
+        return response
 
 
 class CallerServer(web.Server):
     """aiohttp's server, making CallerConnections; built from the server aiohttp made for
     the app, with the same handler, request factory and options."""
 
-    def __init__(self, template: web.Server, *, header_timeout: float, head_late: Callable[[], None]) -> None:
+    def __init__(self, template: web.Server, *, header_timeout: float, refused: Callable[[GatewayError], None]) -> None:
         made = template.request_factory
 
         def request_factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
@@ -131,9 +148,9 @@ class CallerServer(web.Server):
             **template._kwargs,
         )
         self._header_timeout = header_timeout
-        self._head_late = head_late
+        self._refused = refused
 
     def __call__(self) -> RequestHandler:
         return CallerConnection(
-            self, loop=self._loop, header_timeout=self._header_timeout, head_late=self._head_late, **self._kwargs
+            self, loop=self._loop, header_timeout=self._header_timeout, refused=self._refused, **self._kwargs
         )

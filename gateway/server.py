@@ -21,7 +21,7 @@ from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.credentials import CredentialProvider, static_provider
 from gateway.connections import CallerServer
-from gateway.errors import BadRequest, MethodNotAllowed, RequestTimeout, StorageError
+from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageError
 from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
 from gateway.pipeline import GATEWAY_ERROR, Pipeline, problem_response, request_id
@@ -56,12 +56,12 @@ class GatewayRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         metrics = self.app[METRICS]
 
-        def head_late() -> None:
-            metrics.requests.labels("unknown", "OTHER", str(RequestTimeout.status), "unauthenticated").inc()
-            metrics.errors.labels("unknown", RequestTimeout.type).inc()
+        def refused(err: GatewayError) -> None:
+            metrics.requests.labels("unknown", "OTHER", str(err.status), "unauthenticated").inc()
+            metrics.errors.labels("unknown", err.type).inc()
 
         made = await super()._make_server()
-        return CallerServer(made, header_timeout=self._header_timeout, head_late=head_late)
+        return CallerServer(made, header_timeout=self._header_timeout, refused=refused)
 
 
 def build_app(settings: Settings) -> web.Application:

@@ -108,9 +108,10 @@ async def read_answer(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(head)
 
 
-def describe_invalid(exc: BaseException) -> str:
-    """What is wrong with an answer aiohttp could not parse, in a fixed vocabulary: its
-    messages quote the offending bytes."""
+def describe_invalid(exc: BaseException, first_line: str = "status line") -> str:
+    """What is wrong with a message aiohttp could not parse (an answer, or with
+    ``first_line="request line"`` a request), in a fixed vocabulary: aiohttp's messages
+    quote the offending bytes."""
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, http_exceptions.HttpProcessingError):
         cause = cause.__cause__
@@ -120,7 +121,7 @@ def describe_invalid(exc: BaseException) -> str:
     if isinstance(cause, http_exceptions.LineTooLong):
         return "header too long"
     if isinstance(cause, http_exceptions.BadStatusLine):
-        return "invalid status line"
+        return f"invalid {first_line}"
     if isinstance(cause, http_exceptions.InvalidHeader):
         return "invalid header"
     if isinstance(cause, http_exceptions.TransferEncodingError):
@@ -138,6 +139,8 @@ _PARSER_WORDS = (
     ("content-length", "invalid Content-Length"),
     ("transfer-encoding", "invalid Transfer-Encoding"),
     ("status", "invalid status line"),
+    ("method", "invalid method"),
+    ("url", "invalid request target"),
     ("header", "invalid header"),
     ("version", "invalid HTTP version"),
 )

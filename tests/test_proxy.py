@@ -376,3 +376,29 @@ async def test_the_gateways_own_errors_are_counted_by_type_and_the_vendors_are_n
         'gateway_errors_total{type="unknown-vendor",vendor="unknown"} 1.0',
         'gateway_errors_total{type="upstream-unavailable",vendor="down"} 1.0',
     ]
+
+
+@pytest.mark.parametrize(
+    "head, described",
+    [
+        (b"GET /v/x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"Z" * 10000 + b"\r\n\r\n", "header too long"),
+        (b"GET /v/x HTTP/1.1\r\nHost: x\r\nNot A Header\r\n\r\n", "invalid header"),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", "invalid request line"),
+        (b"POST /v/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid chunked encoding"),
+    ],
+    ids=["long-header", "bad-header", "tls", "bad-chunk"],
+)
+async def test_a_malformed_request_is_a_bad_request_problem_logged_at_info(gateway, vendor, caplog, head, described):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    client = await gateway(policy(vendor))
+    data = await raw_request(client, head)
+    status_line, _, body = data.partition(b"\r\n\r\n")
+    assert status_line.split(b" ")[1] == b"400" and b"application/problem+json" in status_line
+    assert b'"bad-request"' in body and f"malformed request: {described}".encode() in body
+    assert b"ZZZZ" not in body and b"Not A" not in body
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert vendor.received == []
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_errors_total{type="bad-request",vendor="unknown"} 1.0' in text
