@@ -9,11 +9,12 @@ The hierarchy::
     ├── UnknownVendor                 404 unknown-vendor: no policy for the prefix
     ├── NotFound                      404 not-found: no such dead letter (admin API)
     ├── MethodNotAllowed              405 method-not-allowed: TRACE, TRACK, CONNECT
+    ├── RequestTimeout                408 request-timeout: the caller's head or body too slow
     ├── Conflict                      409 replay-in-progress: a dead letter is being replayed
     ├── PayloadTooLarge               413 payload-too-large: body over max_body
     ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
-    ├── CallerGone                    499 caller-gone: the caller left while its request waited
-    ├── UpstreamUnavailable           502 upstream-unavailable: connection failed
+    ├── CallerGone                    499 caller-gone: the caller left before its answer was out
+    ├── UpstreamUnavailable           502 upstream-unavailable: connection failed, answer broken
     ├── ServiceUnavailable            503 (base of the three below; admin storage failures)
     │   ├── CircuitOpen               503 circuit-open
     │   ├── CredentialsUnavailable    503 credentials-unavailable
@@ -119,6 +120,12 @@ class MethodNotAllowed(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "request-timeout"
+    title = "Request too slow"
 
 
 class Conflict(GatewayError):

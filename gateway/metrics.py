@@ -50,6 +50,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.errors = Counter(
+            "gateway_errors_total",
+            "Errors the gateway itself made (never the vendor's own answers), by problem type",
+            ["vendor", "type"],
+            registry=self.registry,
+        )
         self.retries = Counter(
             "gateway_retries_total",
             "Upstream attempts repeated, by the reason of the failed one",

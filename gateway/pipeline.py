@@ -38,7 +38,7 @@ from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.breaker import is_failure
 from gateway.core.cache import Entry, entry_for, storable
-from gateway.core.headers import CALLER_ONLY, hop_by_hop, parse_retry_after
+from gateway.core.headers import caller_only, hop_by_hop, parse_retry_after
 from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
 from gateway.credentials import CredentialProvider
 from gateway.deadletters import ERROR_EXCERPT, KEPT_GATEWAY_STATUSES, WRITES, DeadLetter
@@ -48,14 +48,13 @@ from gateway.errors import (
     CircuitOpen,
     MethodNotAllowed,
     GatewayError,
-    PayloadTooLarge,
     UnknownVendor,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
-from gateway.upstream import AttemptFailed, UpstreamClients
+from gateway.upstream import AnswerBroke, AttemptFailed, UpstreamClients, read_answer
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -65,6 +64,9 @@ REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK = 64 * 1024
+# The gateway's own error on an answer, for the metrics (gateway_errors_total): problems,
+# and vendors' answers that broke off or that the caller left during.
+GATEWAY_ERROR = web.ResponseKey("gateway_error", GatewayError)
 # Gateway errors after which a stale stored answer is served instead (stale_if_error).
 _STALE_ON = frozenset({502, 503, 504})
 
@@ -82,6 +84,7 @@ class Exchange:
     who: Caller = ANONYMOUS
     max_wait: float = 0.0  # seconds an attempt may wait for budget
     gone: Callable[[], bool] = lambda: False  # whether the caller has disconnected
+    left: bool = False  # the caller left before the whole answer went out
     charged: Charged | None = None  # the budgets of the latest attempt
     cache: str | None = None  # X-Gateway-Cache on a cacheable route
 
@@ -127,6 +130,7 @@ class Pipeline:
     ) -> None:
         self.policies: Mapping[str, Policy] = settings.policies
         self.max_body = settings.config.max_body
+        self.body_stall = settings.config.header_timeout
         self.callers = CallerDirectory(settings.config.callers)
         self.credentials = credentials
         self.breakers = breakers
@@ -141,44 +145,33 @@ class Pipeline:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex = Exchange(request_id=request_id(request), started=self.clock())
+        ex.gone = lambda: request.transport is None or request.transport.is_closing()
         status = 500
         try:
-            policy, target = self.route(ex, request)
-            ex.who = self.identify(ex, request, policy)
-            ex.max_wait = max_wait(policy, request.headers.get("X-Gateway-Max-Wait"))
-            ex.gone = lambda: request.transport is None or request.transport.is_closing()
-            body = await read_body(request, self.max_body)
-            out = Outgoing(request.method, target, forward_headers(request, ex.request_id, body), body)
-            lookup = (
-                self.cache.lookup(policy, out.method, target.path, target.query, out.headers, body.data)
-                if policy.cache and body.replayable
-                else None
-            )
-            if lookup is not None:
-                response = await self.cached(ex, request, policy, out, lookup)
-                status = response.status
-                return response
-            upstream = await self.send(ex, policy, out)
-            status = upstream.status
-            await self.cache.written(policy, out.method, target.path, upstream.status, ex.request_id)
-            if self.keeps(policy, out, upstream.status, by_gateway=False):
-                return await self.answer_and_keep(ex, request, out, upstream)
-            return await self.answer(ex, request, upstream)
-        except GatewayError as err:
-            status = err.status
-            if err.vendor is None and ex.vendor != "unknown":
-                err.vendor = ex.vendor
-            problem = problem_response(err, ex.request_id, ex.attempts)
-            if ex.cache is not None:
-                problem.headers["X-Gateway-Cache"] = ex.cache
-            return problem
-        except Exception:
-            # A bug of ours must still answer in the contract's shape, and say where to look.
-            log.exception("unexpected error", extra={"request_id": ex.request_id})
-            vendor = None if ex.vendor == "unknown" else ex.vendor
-            internal = GatewayError(f"internal gateway error; the log has request id {ex.request_id}", vendor=vendor)
-            status = internal.status
-            return problem_response(internal, ex.request_id, ex.attempts)
+            response = await self.respond(ex, request)
+            made = response.get(GATEWAY_ERROR)
+            if isinstance(made, CallerGone):
+                ex.left = True
+            elif ex.left:
+                made = response[GATEWAY_ERROR] = CallerGone("the caller left during the answer", vendor=ex.vendor)
+            elif not response.prepared and ex.gone():
+                # Nobody will read this answer: what the request came to is the caller's leaving.
+                ex.left = True
+                what = f"{made.type} problem" if made is not None else f"{response.status} answer"
+                made = CallerGone(f"the caller left before its {what} went out")
+                response = self.problem(ex, made)
+            if ex.left and made is not None:
+                log.info("%s %s: %s", ex.vendor, request.method, made.detail, extra={"request_id": ex.request_id})
+            status = CallerGone.status if ex.left else response.status
+            return response
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler of a caller that left when run with
+            # handler_cancellation (its test server does), and at the end of a drain.
+            status = CallerGone.status
+            self.metrics.errors.labels(ex.vendor, CallerGone.type).inc()
+            log.info("%s %s: request cancelled: the caller left or the gateway stopped", ex.vendor,
+                     request.method, extra={"request_id": ex.request_id})
+            raise
         finally:
             method = request.method if request.method in HTTP_METHODS else "OTHER"
             self.metrics.requests.labels(ex.vendor, method, str(status), ex.caller).inc()
@@ -186,6 +179,44 @@ class Pipeline:
                 self.metrics.request_duration.labels(ex.vendor).observe(self.clock() - ex.started)
             if ex.cache is not None:
                 self.cache.count(ex.vendor, ex.cache.lower())
+
+    async def respond(self, ex: Exchange, request: web.Request) -> web.StreamResponse:
+        """The steps; what goes wrong on the way is answered as a problem."""
+        try:
+            policy, target = self.route(ex, request)
+            ex.who = self.identify(ex, request, policy)
+            ex.max_wait = max_wait(policy, request.headers.get("X-Gateway-Max-Wait"))
+            body = await read_body(request, self.max_body, self.body_stall)
+            out = Outgoing(request.method, target, forward_headers(request, ex.request_id, body), body)
+            lookup = (
+                self.cache.lookup(policy, out.method, target.path, target.query, out.headers, body.data)
+                if policy.cache and body.replayable
+                else None
+            )
+            if lookup is not None:
+                return await self.cached(ex, request, policy, out, lookup)
+            upstream = await self.send(ex, policy, out)
+            await self.cache.written(policy, out.method, target.path, upstream.status, ex.request_id)
+            if self.keeps(policy, out, upstream.status, by_gateway=False):
+                return await self.answer_and_keep(ex, request, policy, out, upstream)
+            return await self.answer(ex, request, policy, out, upstream)
+        except GatewayError as err:
+            return self.problem(ex, err)
+        except Exception:
+            # A bug of ours must still answer in the contract's shape, and say where to look.
+            log.exception("unexpected error", extra={"request_id": ex.request_id})
+            vendor = None if ex.vendor == "unknown" else ex.vendor
+            internal = GatewayError(f"internal gateway error; the log has request id {ex.request_id}", vendor=vendor)
+            return problem_response(internal, ex.request_id, ex.attempts)
+
+    @staticmethod
+    def problem(ex: Exchange, err: GatewayError) -> web.Response:
+        if err.vendor is None and ex.vendor != "unknown":
+            err.vendor = ex.vendor
+        problem = problem_response(err, ex.request_id, ex.attempts)
+        if ex.cache is not None:
+            problem.headers["X-Gateway-Cache"] = ex.cache
+        return problem
 
     async def send(self, ex: Exchange, policy: Policy, out: Outgoing) -> aiohttp.ClientResponse:
         """The attempts; a write the gateway gives up on is kept as a dead letter."""
@@ -254,23 +285,24 @@ class Pipeline:
         limit = lookup.rule.max_size
         if self.keeps(policy, out, upstream.status, by_gateway=False):
             await share(None)
-            return await self.answer_and_keep(ex, request, out, upstream)
+            return await self.answer_and_keep(ex, request, policy, out, upstream)
         if upstream.content_length is not None and upstream.content_length > limit:
             await share(None)
-            return await self.answer(ex, request, upstream)  # too large to keep: streamed
+            return await self.answer(ex, request, policy, out, upstream)  # too large to keep: streamed
         try:
-            body = await read_head(upstream, limit)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            body = await read_answer(upstream, limit)
+        except AnswerBroke as broke:
             upstream.close()
+            await self.keep_broken(ex, policy, out, upstream.status, broke)
             if stale is not None:
                 await share(("STALE", stale))
                 return self.serve_stale(ex, request, policy, stale)
-            broke = broke_off(ex.vendor, exc)
-            await share(broke)
-            raise broke from None
+            unavailable = broke_off(ex.vendor, broke)
+            await share(unavailable)
+            raise unavailable from None
         if len(body) > limit:
             await share(None)
-            return await self.answer(ex, request, upstream, body)
+            return await self.answer(ex, request, policy, out, upstream, body)
         upstream.release()
         vendor_headers = self.vendor_headers(upstream)
         vary = upstream.headers.getall("Vary", [])
@@ -305,19 +337,25 @@ class Pipeline:
             return False
         return status in KEPT_GATEWAY_STATUSES if by_gateway else status >= 400
 
+    async def keep_broken(self, ex: Exchange, policy: Policy, out: Outgoing, status: int, broke: AnswerBroke) -> None:
+        """A write whose answer broke off is kept whatever its status: the vendor may have
+        done it, and nobody knows what it answered."""
+        if policy.dead_letter and out.method in WRITES:
+            await self.dead_letters.keep(ex, out, status, f"upstream {status} ({broke})")
+
     async def answer_and_keep(
-        self, ex: Exchange, request: web.Request, out: Outgoing, upstream: aiohttp.ClientResponse
+        self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         """A failed write: keep it, with an excerpt of the vendor's error, then answer."""
         try:
-            head = await read_head(upstream, REPLAY_LIMIT)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            head = await read_answer(upstream, REPLAY_LIMIT)
+        except AnswerBroke as broke:
             upstream.close()
-            await self.dead_letters.keep(ex, out, upstream.status, f"upstream {upstream.status} (answer broke off)")
-            raise broke_off(ex.vendor, exc) from None
+            await self.keep_broken(ex, policy, out, upstream.status, broke)
+            raise broke_off(ex.vendor, broke) from None
         await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, head))
         if len(head) > REPLAY_LIMIT:  # a long error answer: the rest streams behind what was read
-            return await self.answer(ex, request, upstream, head)
+            return await self.answer(ex, request, policy, out, upstream, head, kept=True)
         upstream.release()
         return web.Response(
             status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=head
@@ -341,9 +379,9 @@ class Pipeline:
             return Delivery(err.status, ex.attempts, f"{err.type}: {err.detail}")
         await self.cache.written(policy, entry.method, entry.path, upstream.status, ex.request_id)
         try:
-            body = await upstream.content.read(ERROR_EXCERPT)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            body = b""
+            body = await read_answer(upstream, ERROR_EXCERPT)
+        except AnswerBroke as broke:
+            return Delivery(upstream.status, ex.attempts, f"upstream {upstream.status} ({broke})")
         finally:
             upstream.close()
         return Delivery(upstream.status, ex.attempts, _describe(upstream.status, body))
@@ -406,8 +444,8 @@ class Pipeline:
             except AttemptFailed as failure:
                 if not failure.sent:
                     await self.budgets.unused(policy, ex.charged)
-                if body.too_large:
-                    raise PayloadTooLarge(f"the request body is over the limit of {self.max_body} bytes") from None
+                if body.failure is not None:
+                    raise copy.copy(body.failure) from None  # the caller's doing, not the vendor's
                 outcome = Outcome(failure=failure.kind, sent=failure.sent)
                 reason = str(failure)
             else:
@@ -477,44 +515,54 @@ class Pipeline:
         return headers
 
     async def answer(
-        self, ex: Exchange, request: web.Request, upstream: aiohttp.ClientResponse, head: bytes = b""
+        self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, upstream: aiohttp.ClientResponse,
+        head: bytes = b"", *, kept: bool = False,
     ) -> web.StreamResponse:
-        """Stream the vendor's answer to the caller (``head``: its first bytes, read already);
-        nothing is retried once bytes went out."""
-        out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream))
+        """Stream the vendor's answer to the caller (``head``: its first bytes, read already;
+        ``kept``: the request is a dead letter already); nothing is retried once bytes went out."""
+        streamed = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream)
+        )
         length = upstream.content_length
         small = length is not None and length <= _CHUNK and not head
         if small and request.method != "HEAD" and upstream.status not in (204, 304):
             # A small answer goes out whole: one write instead of headers, body and end.
             try:
-                body = await upstream.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise broke_off(ex.vendor, exc) from None
+                body = await read_answer(upstream, _CHUNK)
+            except AnswerBroke as broke:
+                if not kept:
+                    await self.keep_broken(ex, policy, out, upstream.status, broke)
+                raise broke_off(ex.vendor, broke) from None
             finally:
                 upstream.release()
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=out.headers, body=body)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=streamed.headers, body=body)
+        received = len(head)
         try:
-            await out.prepare(request)
+            await streamed.prepare(request)
             if head:
-                await out.write(head)
+                await streamed.write(head)
             async for chunk in upstream.content.iter_chunked(_CHUNK):
-                await out.write(chunk)
-            await out.write_eof()
-        except ConnectionResetError:
-            # Before ClientError: aiohttp's ClientConnectionResetError, raised when the
-            # caller is gone, is both.
-            log.info("%s: caller went away mid-answer", ex.vendor, extra={"request_id": ex.request_id})
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            # Headers are gone already: all we can do is cut the caller's connection so a
-            # truncated body is seen as one (missing bytes or missing last chunk).
-            log.warning(
-                "%s: upstream body broke off: %s", ex.vendor, type(exc).__name__, extra={"request_id": ex.request_id}
-            )
-            if request.transport is not None:
-                request.transport.close()
+                received += len(chunk)
+                await streamed.write(chunk)
+            await streamed.write_eof()
+        except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if ex.gone():
+                ex.left = True
+            else:
+                # Headers are gone already: all we can do is cut the caller's connection so a
+                # truncated body is seen as one (missing bytes or missing last chunk).
+                cut = AnswerBroke(received, length, exc)
+                log.warning("%s: the vendor's %s", ex.vendor, cut, extra={"request_id": ex.request_id})
+                streamed[GATEWAY_ERROR] = broke_off(ex.vendor, cut)
+                if not kept:
+                    # Before the cut: a server that cancels the handlers of closed
+                    # connections would cancel the keeping too.
+                    await self.keep_broken(ex, policy, out, upstream.status, cut)
+                if request.transport is not None:
+                    request.transport.close()
         finally:
             upstream.close()
-        return out
+        return streamed
 
 
 def fetch_time(policy: Policy) -> float:
@@ -531,8 +579,10 @@ def request_id(request: web.BaseRequest) -> str:
 
 
 def forward_headers(request: web.Request, request_id: str, body: RequestBody) -> CIMultiDict[str]:
-    dropped = hop_by_hop(request.headers.getall("Connection", ())) | CALLER_ONLY
-    headers = CIMultiDict((name, value) for name, value in request.headers.items() if name.lower() not in dropped)
+    dropped = hop_by_hop(request.headers.getall("Connection", ()))
+    headers = CIMultiDict(
+        (name, value) for name, value in request.headers.items() if name.lower() not in dropped and not caller_only(name)
+    )
     headers["X-Request-Id"] = request_id
     if not body.replayable and request.content_length is not None:
         # A streamed upload keeps its declared length instead of becoming chunked.
@@ -540,16 +590,8 @@ def forward_headers(request: web.Request, request_id: str, body: RequestBody) ->
     return headers
 
 
-async def read_head(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The answer's body up to ``limit`` bytes, or a little more when it is longer."""
-    head = bytearray()
-    while len(head) <= limit and (chunk := await upstream.content.readany()):
-        head += chunk
-    return bytes(head)
-
-
-def broke_off(vendor: str, exc: BaseException) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"{vendor} broke off its answer: {type(exc).__name__}", vendor=vendor)
+def broke_off(vendor: str, broke: AnswerBroke) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"{vendor}'s {broke}", vendor=vendor)
 
 
 def _describe(status: int, body: bytes) -> str:
@@ -562,10 +604,12 @@ def _failure_error(policy: Policy, outcome: Outcome, reason: str, attempts: int)
     tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
     if outcome.failure == "timeout":
         return UpstreamTimeout(f"{policy.vendor} did not answer in {policy.timeout:g}s {tries}", vendor=policy.vendor)
-    return UpstreamUnavailable(f"{policy.vendor} could not be reached {tries}: {reason}", vendor=policy.vendor)
+    failed = "gave no usable answer" if outcome.sent else "could not be reached"
+    return UpstreamUnavailable(f"{policy.vendor} {failed} {tries}: {reason}", vendor=policy.vendor)
 
 
 def problem_response(err: GatewayError, request_id: str, attempts: int = 0) -> web.Response:
+    """The problem+json answer for one of our errors, marked for the metrics (GATEWAY_ERROR)."""
     response = web.Response(
         status=err.status,
         body=orjson.dumps(err.problem()),
@@ -578,4 +622,5 @@ def problem_response(err: GatewayError, request_id: str, attempts: int = 0) -> w
     response.headers.update(err.headers())
     if attempts:
         response.headers["X-Gateway-Attempts"] = str(attempts)
+    response[GATEWAY_ERROR] = err
     return response

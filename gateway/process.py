@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from gateway.config.loader import Settings
 log = logging.getLogger("gateway")
 
 RESTART_PAUSE = 1.0
+_OPEN_FILES_UNBOUNDED = 1024 * 1024  # what "unlimited" is taken as (Linux's default nr_open)
 
 
 class AccessLog(AbstractAccessLogger):
@@ -74,9 +76,23 @@ def bind(settings: Settings) -> socket.socket:
 
 def serve(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT; 0 after a clean drain. Raises OSError if it cannot bind."""
+    raise_open_files_limit()
     if settings.config.workers == 1:
         return _run_worker(settings, None)
     return _supervise(settings)
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: every caller's connection (slow
+    ones included, until header_timeout) and every vendor connection takes one, and the
+    usual soft limit of 1024 would turn callers away long before the process is busy."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else _OPEN_FILES_UNBOUNDED
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open files limit stays at %d: %s", soft, exc)
 
 
 def _announce(settings: Settings, sock: socket.socket) -> None:
@@ -102,7 +118,7 @@ def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
 async def _serve_until_signal(settings: Settings, sock: socket.socket | None) -> None:
     # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
     # before prometheus_client is first imported.
-    from gateway.server import SERVER_OPTIONS, build_app
+    from gateway.server import GatewayRunner, build_app, server_options
     from gateway.state import DRAINING
 
     stop = asyncio.Event()
@@ -113,12 +129,12 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket | None) ->
         sock = bind(settings)
         _announce(settings, sock)
     app = build_app(settings)
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
         handle_signals=False,
         shutdown_timeout=settings.config.drain,
         access_log_class=AccessLog,
-        **SERVER_OPTIONS,
+        **server_options(settings),
     )
     await runner.setup()
     site = web.SockSite(runner, sock)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -19,10 +20,11 @@ from gateway.cache import ResponseCache
 from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.credentials import CredentialProvider, static_provider
-from gateway.errors import BadRequest, MethodNotAllowed, StorageError
+from gateway.connections import CallerServer
+from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageError
 from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, problem_response, request_id
+from gateway.pipeline import GATEWAY_ERROR, Pipeline, problem_response, request_id
 from gateway.sealing import Sealer
 from gateway.storage import open_storage
 from gateway.tokens import TokenProvider
@@ -30,14 +32,40 @@ from gateway.state import DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
 from gateway.upstream import UpstreamClients
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """GatewayRunner's options from the config, the same for `gateway serve` and the tests."""
+    return {
+        # Request bodies pass to the vendor as sent: aiohttp would otherwise inflate a gzip
+        # body while its Content-Encoding header still says gzip.
+        "auto_decompress": False,
+        "keepalive_timeout": settings.config.keepalive_timeout,
+        "header_timeout": settings.config.header_timeout,
+    }
 
-# Request bodies pass to the vendor as sent: aiohttp would otherwise inflate a gzip body
-# while its Content-Encoding header still says gzip.
-SERVER_OPTIONS = {"auto_decompress": False}
+
+class GatewayRunner(web.AppRunner):
+    """aiohttp's runner for the app, whose callers' connections keep the head deadline
+    (gateway.connections)."""
+
+    __slots__ = ("_header_timeout",)
+
+    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        metrics = self.app[METRICS]
+
+        def refused(err: GatewayError) -> None:
+            metrics.requests.labels("unknown", "OTHER", str(err.status), "unauthenticated").inc()
+            metrics.errors.labels("unknown", err.type).inc()
+
+        made = await super()._make_server()
+        return CallerServer(made, header_timeout=self._header_timeout, refused=refused)
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[_origin_form_only])
+    app = web.Application(middlewares=[_count_errors, _origin_form_only])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[DRAINING] = []
@@ -98,6 +126,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await token_session.close()
     await clients.close()
     await storage.close()
+
+
+@web.middleware
+async def _count_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """gateway_errors_total: every answer that carries an error of ours, whichever handler made it."""
+    response = await handler(request)
+    made = response.get(GATEWAY_ERROR)
+    if made is not None:
+        request.app[METRICS].errors.labels(made.vendor or "unknown", made.type).inc()
+    return response
 
 
 @web.middleware

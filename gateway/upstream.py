@@ -1,5 +1,8 @@
-"""Sending one attempt to a vendor: a connection pool per vendor, no redirects, no
-cookies, bodies untouched (no decompression), and the attempt's timeout.
+"""Sending one attempt to a vendor (a connection pool per vendor, no redirects, no
+cookies, bodies untouched, the attempt's timeout) and reading its answer's body.
+
+A broken answer is described in our words, never echoed: what a vendor (or whatever
+listens at its address) sent may be anything, and problems and dead letters show it.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+from aiohttp import http_exceptions
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -71,10 +75,72 @@ class UpstreamClients:
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
             raise AttemptFailed("connect", sent=True, reason=f"connection lost: {type(exc).__name__}") from None
         except aiohttp.ClientResponseError as exc:
-            raise AttemptFailed("connect", sent=True, reason=f"invalid response: {exc.message}") from None
+            raise AttemptFailed("connect", sent=True, reason=describe_invalid(exc)) from None
         except aiohttp.ClientError as exc:
             # Also what aiohttp makes of an error raised by a streamed body (PayloadTooLarge).
             raise AttemptFailed("connect", sent=True, reason=f"request failed: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._sessions.values()))
+
+
+class AnswerBroke(Exception):
+    """The body of a vendor's answer ended early or stopped coming: ``got`` bytes of
+    ``expected`` (None: no Content-Length)."""
+
+    def __init__(self, got: int, expected: int | None, cause: BaseException) -> None:
+        self.got = got
+        self.expected = expected
+        self.stalled = isinstance(cause, asyncio.TimeoutError)
+        of = f" of {expected}" if expected is not None else ""
+        super().__init__(f"answer {'stalled' if self.stalled else 'broke off'} after {got}{of} bytes")
+
+
+async def read_answer(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body up to ``limit`` bytes, or a little more when it is longer.
+    Raises AnswerBroke."""
+    head = bytearray()
+    try:
+        while len(head) <= limit and (chunk := await upstream.content.readany()):
+            head += chunk
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise AnswerBroke(len(head), upstream.content_length, exc) from None
+    return bytes(head)
+
+
+def describe_invalid(exc: BaseException, first_line: str = "status line") -> str:
+    """What is wrong with a message aiohttp could not parse (an answer, or with
+    ``first_line="request line"`` a request), in a fixed vocabulary: aiohttp's messages
+    quote the offending bytes."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, http_exceptions.HttpProcessingError):
+        cause = cause.__cause__
+    # aiohttp re-raises the parser's error as a plain HttpProcessingError caused by it.
+    while cause is not None and type(cause) is http_exceptions.HttpProcessingError and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, http_exceptions.LineTooLong):
+        return "header too long"
+    if isinstance(cause, http_exceptions.BadStatusLine):
+        return f"invalid {first_line}"
+    if isinstance(cause, http_exceptions.InvalidHeader):
+        return "invalid header"
+    if isinstance(cause, http_exceptions.TransferEncodingError):
+        return "invalid chunked encoding"
+    # The C parser raises BadHttpMessage for the rest; only its leading words are its own.
+    words = str(getattr(cause, "message", "")).split(":", 1)[0].lower()
+    for keyword, description in _PARSER_WORDS:
+        if keyword in words:
+            return description
+    return "malformed answer"
+
+
+_PARSER_WORDS = (
+    ("chunk", "invalid chunked encoding"),
+    ("content-length", "invalid Content-Length"),
+    ("transfer-encoding", "invalid Transfer-Encoding"),
+    ("status", "invalid status line"),
+    ("method", "invalid method"),
+    ("url", "invalid request target"),
+    ("header", "invalid header"),
+    ("version", "invalid HTTP version"),
+)

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config.loader import Overrides, Settings, load_settings
-from gateway.server import SERVER_OPTIONS, build_app
+from gateway.server import GatewayRunner, build_app, server_options
 from tests.mock_vendor import MockVendor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +55,13 @@ async def vendor(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> MockVe
 GatewayFactory = Callable[..., Awaitable[TestClient]]
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's test server with the gateway's runner (its callers' deadlines)."""
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def gateway(
     tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient]]
@@ -66,8 +73,8 @@ def gateway(
     ) -> TestClient:
         config_file, policy_dir = write_setup(tmp_path, list(policies), config or {})
         settings = load_settings(str(config_file), env or {}, Overrides())
-        server = TestServer(build_app(settings))
-        await server.start_server(**SERVER_OPTIONS)  # as `gateway serve` runs it
+        server = GatewayTestServer(build_app(settings))
+        await server.start_server(**server_options(settings))  # as `gateway serve` runs it
         return await aiohttp_client(server)
 
     return start

@@ -257,3 +257,70 @@ async def test_a_long_error_answer_to_a_write_is_kept_and_streamed_whole(gateway
     assert response.status == 500 and len(await response.read()) == 3_000_000
     [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
     assert entry["error"].startswith("upstream 500: eeee") and len(entry["error"]) < 2100
+
+
+async def raw_vendor(answer: bytes, *, reset: bool = False):
+    """A vendor that reads one request, writes ``answer`` as it is, then hangs up (or
+    resets the connection); returns its server and URL."""
+    import socket
+    import struct
+
+    async def serve(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if reset:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["hang-up", "reset"])
+@pytest.mark.parametrize("status", [201, 500])
+async def test_a_write_whose_answer_breaks_off_is_kept(gateway, status, reset):
+    server, url = await raw_vendor(
+        f"HTTP/1.1 {status} X\r\nContent-Length: 1000\r\n\r\n".encode() + b"a" * 100, reset=reset
+    )
+    async with server:
+        client = await gateway({"vendor": "v", "upstream": url, "dead_letter": True},
+                               config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+        response = await client.post("/v/orders", data=b'{"n": 1}')
+        problem = await response.json()
+        assert response.status == 502 and problem["type"] == "upstream-unavailable"
+        assert problem["detail"] == "v's answer broke off after 100 of 1000 bytes"
+        [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
+    # The vendor's status is kept: a 201 may have been done, and replaying it would do it twice.
+    assert (entry["method"], entry["status"]) == ("POST", status)
+    assert entry["error"] == f"upstream {status} (answer broke off after 100 of 1000 bytes)"
+
+
+async def test_a_long_streamed_answer_to_a_write_that_breaks_off_is_kept(gateway):
+    server, url = await raw_vendor(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"b" * 300_000)
+    async with server:
+        client = await gateway({"vendor": "v", "upstream": url, "dead_letter": True},
+                               config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+        async with client.put("/v/files/7", data=b"x") as response:
+            assert response.status == 200  # the head went out before the body broke off
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
+        text = await (await client.get("/metrics")).text()
+    assert (entry["method"], entry["status"]) == ("PUT", 200)
+    assert entry["error"] == "upstream 200 (answer broke off after 300000 of 1000000 bytes)"
+    assert 'gateway_errors_total{type="upstream-unavailable",vendor="v"} 1.0' in text
+    assert 'method="PUT",status="200"' in text and 'status="499"' not in text
+
+
+async def test_a_read_whose_answer_breaks_off_is_not_kept(gateway):
+    server, url = await raw_vendor(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"c" * 10)
+    async with server:
+        client = await gateway({"vendor": "v", "upstream": url, "dead_letter": True},
+                               config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+        assert (await client.get("/v/orders/1")).status == 502
+        assert (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"] == []

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.conftest import free_port
 from tests.mock_vendor import answer, hang, reset
 
 
@@ -295,3 +296,111 @@ async def test_problems_name_the_vendor_and_401_says_how_to_authenticate(gateway
     response = await client.get("/v/x")
     assert response.status == 401 and response.headers["WWW-Authenticate"] == 'Bearer realm="gateway"'
     assert (await response.json())["vendor"] == "v"
+
+
+async def one_answer_vendor(answer: bytes):
+    """Whatever listens at a vendor's address: reads a little, writes ``answer``, hangs up."""
+
+    async def serve(reader, writer):
+        await reader.read(65536)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    "answer, described, echoed",
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "invalid status line", b"SSH-2.0"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"Q" * 20000 + b"\r\n\r\n", "header too long", b"QQQQ"),
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", "invalid status line", b"2x0"),
+        (b"HTTP/1.1 200 OK\r\nNot A Header\r\nContent-Length: 0\r\n\r\n", "invalid header", b"Not A"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n", "Content-Length", b"twelve"),
+    ],
+    ids=["not-http", "long-header", "bad-status", "bad-header", "bad-length"],
+)
+async def test_a_broken_answer_is_described_never_echoed(gateway, answer, described, echoed):
+    server, url = await one_answer_vendor(answer)
+    async with server:
+        client = await gateway({"vendor": "v", "upstream": url})
+        response = await client.get("/v/x")
+        body = await response.read()
+    assert response.status == 502
+    problem = await response.json()
+    assert problem["type"] == "upstream-unavailable" and described in problem["detail"], problem["detail"]
+    assert echoed not in body and b"b'" not in body
+
+
+async def test_the_callers_forwarding_headers_do_not_reach_the_vendor(gateway, vendor):
+    client = await gateway(policy(vendor))
+    await client.get("/v/x", headers={
+        "Forwarded": "for=10.1.2.3;host=crm.internal;proto=http",
+        "X-Forwarded-For": "10.1.2.3, 10.0.0.7", "X-Forwarded-Host": "crm.internal",
+        "X-Forwarded-Proto": "http", "X-Forwarded-Port": "8443", "x-forwarded-prefix": "/svc",
+        "X-Kept": "1",
+    })
+    assert vendor.last.header("X-Kept") == "1"
+    assert not [name for name in vendor.last.headers if "forwarded" in name], vendor.last.headers
+
+
+@pytest.mark.parametrize("target", ["/v/search?q=a#b&page=2", "/v/items#top", "/v/x?next=%23ok#"])
+async def test_a_raw_hash_in_the_target_is_a_bad_request(gateway, vendor, target):
+    client = await gateway(policy(vendor))
+    data = await raw_request(client, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 400 ") and b'"bad-request"' in data and b"%23" in data
+    assert vendor.received == []
+    await raw_request(client, b"GET /v/x?next=%23ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert vendor.last.raw_path == "/x?next=%23ok"  # encoded, it is the caller's data
+
+
+async def test_the_gateways_own_errors_are_counted_by_type_and_the_vendors_are_not(gateway, vendor):
+    client = await gateway(
+        policy(vendor, budgets=[{"name": "tiny", "limit": 1, "per": "1m"}]),
+        {"vendor": "b", "upstream": vendor.url,
+         "circuit_breaker": {"failure_ratio": 0.5, "window": "1m", "min_calls": 1, "open_for": "1m"}},
+        {"vendor": "down", "upstream": f"http://127.0.0.1:{free_port()}"},  # nothing listens
+    )
+    assert (await client.get("/v/a")).status == 200
+    assert (await client.get("/v/b")).status == 429  # ours: budget-exhausted
+    vendor.script(503)
+    assert (await client.get("/b/a")).status == 503  # the vendor's own: counted nowhere here
+    assert (await client.get("/b/b")).status == 503  # ours: circuit-open
+    assert (await client.get("/down/x")).status == 502
+    assert (await client.get("/nowhere/x")).status == 404
+    text = await (await client.get("/metrics")).text()
+    errors = sorted(line for line in text.splitlines() if line.startswith("gateway_errors_total{"))
+    assert errors == [
+        'gateway_errors_total{type="budget-exhausted",vendor="v"} 1.0',
+        'gateway_errors_total{type="circuit-open",vendor="b"} 1.0',
+        'gateway_errors_total{type="unknown-vendor",vendor="unknown"} 1.0',
+        'gateway_errors_total{type="upstream-unavailable",vendor="down"} 1.0',
+    ]
+
+
+@pytest.mark.parametrize(
+    "head, described",
+    [
+        (b"GET /v/x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"Z" * 10000 + b"\r\n\r\n", "header too long"),
+        (b"GET /v/x HTTP/1.1\r\nHost: x\r\nNot A Header\r\n\r\n", "invalid header"),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", "invalid request line"),
+        (b"POST /v/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid chunked encoding"),
+    ],
+    ids=["long-header", "bad-header", "tls", "bad-chunk"],
+)
+async def test_a_malformed_request_is_a_bad_request_problem_logged_at_info(gateway, vendor, caplog, head, described):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    client = await gateway(policy(vendor))
+    data = await raw_request(client, head)
+    status_line, _, body = data.partition(b"\r\n\r\n")
+    assert status_line.split(b" ")[1] == b"400" and b"application/problem+json" in status_line
+    assert b'"bad-request"' in body and f"malformed request: {described}".encode() in body
+    assert b"ZZZZ" not in body and b"Not A" not in body
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert vendor.received == []
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_errors_total{type="bad-request",vendor="unknown"} 1.0' in text

@@ -549,6 +549,8 @@ class Config:
     allow_anonymous: bool
     callers: tuple[Caller, ...]
     drain: float
+    header_timeout: float
+    keepalive_timeout: float
     source: str = ""
 
     @property
@@ -607,6 +609,15 @@ CONFIG = Obj(
         "allow_anonymous": Field(Bool(), default=False),
         "callers": Field(ListOf(CALLER), default=()),
         "drain": Field(Duration(description="how long SIGTERM waits for in-flight requests"), default=30.0),
+        "header_timeout": Field(
+            Duration(positive=True, description="a caller must send its request head within this, and never "
+                     "pause its body longer; else 408 and the connection is closed"),
+            default=10.0,
+        ),
+        "keepalive_timeout": Field(
+            Duration(positive=True, description="how long an idle keep-alive connection of a caller is kept"),
+            default=75.0,
+        ),
     },
     check=_check_config,
     description="the gateway's own configuration (gateway.yaml)",

@@ -20,10 +20,19 @@ HOP_BY_HOP = frozenset(
 )
 
 # Headers meant for the gateway itself, or that the client library sets for the
-# upstream connection: never copied from the caller's request.
+# upstream connection, or that describe the callers' own network (Forwarded and every
+# X-Forwarded-*: a third-party vendor must not learn internal hosts and addresses):
+# never copied from the caller's request.
 CALLER_ONLY = frozenset(
-    {"host", "content-length", "expect", "authorization", "x-gateway-key", "x-gateway-max-wait"}
+    {"host", "content-length", "expect", "authorization", "x-gateway-key", "x-gateway-max-wait", "forwarded"}
 )
+_CALLER_ONLY_PREFIX = "x-forwarded-"
+
+
+def caller_only(name: str) -> bool:
+    """Whether a request header (any case) stays with the gateway instead of reaching the vendor."""
+    lowered = name.lower()
+    return lowered in CALLER_ONLY or lowered.startswith(_CALLER_ONLY_PREFIX)
 
 
 def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:

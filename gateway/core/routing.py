@@ -36,6 +36,9 @@ def parse_target(raw_target: str) -> Target | None:
     """
     if not raw_target.startswith("/"):
         raise UnsafeTarget("absolute-form and authority-form request targets are not accepted")
+    if "#" in raw_target:
+        # A client never sends a fragment (RFC 9112 3.2); forwarded, it would cut the query.
+        raise UnsafeTarget("request target must not contain '#' (percent-encode it as %23)")
     path, sep, query = raw_target.partition("?")
     check_path(path)
     vendor, slash, rest = path[1:].partition("/")
@@ -48,8 +51,6 @@ def check_path(raw_path: str) -> None:
     """Refuse traversal, empty segments, a raw '@', backslashes and control characters."""
     if any(ord(c) > 0x7E for c in raw_path):
         raise UnsafeTarget("path must be ASCII (percent-encode other characters)")
-    if "#" in raw_path:
-        raise UnsafeTarget("path must not contain a fragment")
     if "@" in raw_path:
         # Only the raw form: an e-mail address in a lookup path travels as %40.
         raise UnsafeTarget("path must not contain '@' (percent-encode it as %40)")

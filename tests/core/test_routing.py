@@ -71,3 +71,10 @@ def test_upstream_url_uses_only_the_policy_origin_and_base_path():
 )
 def test_globs_match_segments(glob, path, fits):
     assert (compile_glob(glob).fullmatch(path) is not None) is fits
+
+
+@pytest.mark.parametrize("target", ["/v/x#frag", "/v/x?a=1#frag&b=2", "/v/x?a=1#", "/v/#"])
+def test_a_raw_hash_anywhere_in_the_target_is_refused(target):
+    with pytest.raises(UnsafeTarget, match="%23"):
+        parse_target(target)
+    assert parse_target("/v/x?a=%23") == Target("v", "/x", "a=%23")
