@@ -1,57 +1,72 @@
 """OAuth2 and JWT-bearer access tokens that never expire on a caller.
 
-One TokenProvider per vendor. Its states::
+One TokenProvider per vendor: the driver of gateway.core.tokens, whose ``plan`` says from
+what storage and the process hold whether to adopt the stored token, store ours, rotate
+or wait, and which (see there) keeps a rotating refresh token from ever being replayed,
+storage down or not. Its states::
 
     empty ──refresh──> valid ──(refresh_at)──> refreshing ──> valid
       │                  │                          │
-      └──refused/failed──┴──────────────────────────┴──> failing (503 at once while no
-                                                          valid token; retried with backoff)
+      └──refused/failed/waiting──┴──────────────────┴──> failing (503 at once while no
+                                                           valid token; retried with backoff)
 
 - Refreshes run beside the traffic: once the first request has asked for a token, a
   background task wakes ``refresh_before`` each expiry, so callers never wait while a
   valid token exists.
 - Single flight: within a process one refresh task is shared by everyone who needs it;
-  across processes a storage lock with a fencing token lets one refresh at a time, and
-  whoever takes the lock re-reads the store first, since another process may have just
-  refreshed.
-- A rotated refresh token is adopted at once, then stored before the lock is released,
-  compare-and-set against what was read (a holder whose lock expired while it paused
-  cannot overwrite a newer chain). A token that could not be stored stays in the process
-  and is stored at its next refresh. A restart reads the chain back, not the configured
-  (dead) refresh token; with the store down, only a chain the process holds is used.
-- ``invalid_grant`` may only mean that another process rotated the refresh token a moment
-  ago: the store is re-read before the credential is declared dead.
+  across processes a storage lock lets one refresh at a time, and the stored record, read
+  again under it, says whether another process has just refreshed or is rotating.
+- A rotated refresh token is adopted at once, then stored compare-and-set against what
+  was read. One that could not be stored stays in the process, which puts it back as soon
+  as storage answers (looking every STORAGE_RETRY). A restart reads the chain back, not
+  the configured (dead) refresh token.
+- With storage down a process keeps its access token while it is valid, then answers 503
+  ``credentials-unavailable`` without calling the token endpoint, unless it holds the
+  newest link (only then does it refresh alone). No storage failure becomes a 500.
+- ``invalid_grant`` is marked in the stored record, so no process sends that link again
+  before the backoff; it may also mean that another process rotated a moment ago, so the
+  store is read again first. A process that is backing off reads the store at most once a
+  STORAGE_RETRY and takes a valid token another process stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
-import jwt
 import orjson
 from multidict import CIMultiDict
 
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.core.clock import iso_utc
-from gateway.core.tokens import TokenEndpointError, TokenRecord, failure_delay, parse_token_response
+from gateway.core.tokens import (
+    RECOVERY_GRACE,
+    STORAGE_RETRY,
+    Adopt,
+    Held,
+    Rotate,
+    Store,
+    TokenEndpointError,
+    TokenRecord,
+    Wait,
+    failure_delay,
+    plan,
+)
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics
 from gateway.sealing import Sealer
 from gateway.storage import Storage
+from gateway.token_endpoint import TOKEN_TIMEOUT, TokenEndpoint
 
 log = logging.getLogger("gateway.tokens")
 
-LOCK_TTL = 15.0  # longer than a token request may take (TOKEN_TIMEOUT)
-TOKEN_TIMEOUT = 10.0
+LOCK_TTL = TOKEN_TIMEOUT + 5.0  # longer than a token request may take
 FORCED_REFRESH_GAP = 30.0  # a token fetched after a 401 is not replaced again within this
 POLL = 0.05  # how often a process waiting for another's refresh looks at the store
 
@@ -72,7 +87,7 @@ class TokenProvider:
         self.vendor = vendor
         self.spec = spec
         self._storage = storage
-        self._session = session
+        self._shared = storage.name != "memory"  # memory storage is one process's own
         self._sealer = sealer
         self._metrics = metrics
         self._clock = clock
@@ -81,11 +96,19 @@ class TokenProvider:
         # Which configured credential a stored chain grew from: a new one configured by the
         # operator starts a new chain instead of reviving the stored one.
         self._origin = hashlib.sha256(f"{spec.type}\0{spec.token_url}\0{configured}".encode()).hexdigest()[:16]
-        self._token: TokenRecord | None = None
+        chain = isinstance(spec, OAuth2) and spec.grant == "refresh_token"
+        self._seed = TokenRecord("", 0.0, 0.0, configured, self._origin) if chain else None
+        self._endpoint = TokenEndpoint(spec, session, self._origin, clock)
+        self._me = uuid.uuid4().hex[:12]  # names this process in the marks it stores
+        self._held = Held()
         self._inflight: asyncio.Task[TokenRecord] | None = None
+        self._sending = False  # the in-flight refresh is asking the token endpoint
         self._failures = 0
         self._retry_at = 0.0
+        self._next_look = 0.0
         self._last_error: str | None = None
+        self._storage_down = False
+        self._recovering_until = 0.0
         self._keeper: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()  # set by the first request that needs a token
         self._forced: tuple[str, float] = ("", 0.0)  # the last token fetched because of a 401, and when
@@ -101,6 +124,8 @@ class TokenProvider:
         """The vendor answered 401 to ``headers``' token: refresh once; True if a retry may help."""
         sent = headers.get("Authorization", "").removeprefix("Bearer ")
         now = self._clock()
+        if self._retry_at > now:
+            return False  # backing off: a 401 is no reason to ask the token endpoint sooner
         if sent == self._forced[0] and now - self._forced[1] < FORCED_REFRESH_GAP:
             # A token fetched because of a 401 moments ago is refused too: the vendor means
             # something else (a missing scope, say). Refreshing again would only burn grants.
@@ -114,17 +139,17 @@ class TokenProvider:
 
     def status(self) -> dict[str, Any]:
         now = self._clock()
-        state = "empty"
-        if self._token is not None and self._token.usable(now):
-            state = "valid"
+        token = self._held.record
+        usable = token is not None and token.usable(now)
+        state = "valid" if usable else "empty"
         if self._inflight is not None:
             state = "refreshing"
-        if self._last_error is not None and (self._token is None or not self._token.usable(now)):
+        if self._last_error is not None and not usable:
             state = "failing"
         return {
             "type": self.spec.type,
             "state": state,
-            "expires_at": iso_utc(self._token.expires_at) if self._token else None,
+            "expires_at": iso_utc(token.expires_at) if token is not None and token.expires_at else None,
             "last_error": self._last_error,
             "next_attempt_at": iso_utc(self._retry_at) if self._retry_at > now else None,
         }
@@ -135,10 +160,17 @@ class TokenProvider:
         self._keeper = asyncio.create_task(self._keep_fresh(), name=f"tokens:{self.vendor}")
 
     async def stop(self) -> None:
-        for task in (self._keeper, self._inflight):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        inflight = self._inflight
+        if inflight is not None:
+            if self._sending:
+                # A rotation is let finish and store its link: cut off, it would leave its
+                # mark on the stored link, and others would wait INTENT_TTL for a link nobody holds.
+                await asyncio.wait([inflight], timeout=LOCK_TTL)
+            inflight.cancel()
+            await asyncio.gather(inflight, return_exceptions=True)
 
     async def _keep_fresh(self) -> None:
         # Nothing is fetched before the first request for this vendor: a gateway started
@@ -146,9 +178,11 @@ class TokenProvider:
         await self._wanted.wait()
         while True:
             now = self._clock()
-            wake = now if self._token is None else self._token.refresh_at(self.spec.refresh_before)
-            wake = max(wake, self._retry_at)
-            await self._sleep(max(0.0, wake - now))
+            token = self._held.record
+            wake = now if token is None else token.refresh_at(self.spec.refresh_before)
+            if self._held.made:
+                wake = min(wake, now + STORAGE_RETRY)  # stored as soon as storage answers
+            await self._sleep(max(0.0, max(wake, self._retry_at) - now))
             try:
                 await self._refresh()
             except CredentialsUnavailable:
@@ -156,18 +190,38 @@ class TokenProvider:
             except Exception:
                 # The keeper must outlive any surprise, or tokens would only be fetched on demand.
                 log.exception("%s: token keeper failed; trying again shortly", self.vendor)
-                await self._sleep(POLL * 20)
+                await self._sleep(STORAGE_RETRY)
 
     # -- refreshing --------------------------------------------------------------------
 
     async def _valid_token(self) -> TokenRecord:
         self._wanted.set()
         now = self._clock()
-        if self._token is not None and self._token.usable(now):
-            return self._token
+        token = self._held.record
+        if token is not None and token.usable(now):
+            return token
         if self._retry_at > now:
-            raise self._unavailable(self._retry_at - now)
+            looked = await self._look(now)
+            if looked is None:
+                raise self._unavailable(self._retry_at - now)
+            return looked
         return await self._refresh()
+
+    async def _look(self, now: float) -> TokenRecord | None:
+        """While backing off: a usable token another process stored (storage read at most
+        once a STORAGE_RETRY), so that storage answering again ends every process's wait."""
+        if now < self._next_look:
+            return None
+        self._next_look = now + STORAGE_RETRY
+        try:
+            stored = await self._read()
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return None
+        if stored is None or not self._held.adoptable(stored, now):
+            return None
+        self._adopt(stored)
+        return stored
 
     async def _refresh(self, stale: str | None = None) -> TokenRecord:
         """Single flight: whoever comes while a refresh runs waits for that one."""
@@ -185,122 +239,166 @@ class TokenProvider:
         try:
             return await self._refresh_shared(stale)
         except StorageError as exc:
-            log.warning("%s: shared token store unavailable: %s", self.vendor, exc)
-            return await self._refresh_alone(stale, exc)
+            self._storage_failed(exc)
+            return await self._refresh_alone(stale)
 
     async def _refresh_shared(self, stale: str | None) -> TokenRecord:
-        fence = await self._take_lock(stale)
-        if isinstance(fence, TokenRecord):
-            return fence
-        try:
-            return await self._exchange_and_keep(stale)
-        finally:
-            try:
-                await self._storage.unlock_refresh(self.vendor, fence)
-            except StorageError as exc:
-                log.warning("%s: refresh lock not released (it expires by itself): %s", self.vendor, exc)
-
-    async def _refresh_alone(self, stale: str | None, cause: StorageError) -> TokenRecord:
-        """Storage is down. Refresh only from a chain this process holds: the configured
-        refresh token may be dead already, and replaying a rotated-out refresh token can get
-        the whole chain revoked (RFC 9700 4.14.2). The new token is stored later."""
-        own = self._token
-        if self._uses_refresh_token() and (own is None or not own.refresh_token):
-            raise self._fail(TokenEndpointError(f"shared token store unavailable ({cause})", refused=False))
-        record = await self._exchange_or_fail(own.refresh_token if own else None, stored=None)
-        self._adopt(record)
-        self._refreshed(record)
-        return record
-
-    async def _take_lock(self, stale: str | None) -> int | TokenRecord:
-        """Our fence, or the fresh record another process stored while we waited."""
+        """Follow ``plan`` until it gives a token; every StorageError comes from before
+        anything was sent to the token endpoint (the caller then decides alone)."""
         deadline = self._clock() + LOCK_TTL
         while True:
-            fence = await self._storage.lock_refresh(self.vendor, LOCK_TTL)
-            if fence is not None:
-                return fence
             raw = await self._storage.get_token(self.vendor)
-            fresh = self._fresh(self._open(raw), stale)
-            if fresh is not None:
-                self._adopt(fresh)
-                return fresh
-            if self._clock() > deadline:
-                raise self._fail(TokenEndpointError("another process's token refresh did not finish", refused=False))
-            await self._sleep(POLL)
+            self._storage_answers()
+            now = self._clock()
+            step = plan(
+                self._open(raw), self._held, now, me=self._me, seed=self._seed,
+                refresh_before=self.spec.refresh_before, stale=stale, shared=self._shared,
+                recovering_until=self._recovering_until,
+            )
+            match step:
+                case Adopt(record):
+                    self._adopt(record)
+                    return record
+                case Store(record):
+                    if await self._storage.put_token(self.vendor, self._seal(record), raw):
+                        self._held = Held(record)
+                case Wait(until, reason, follow, adopt):
+                    if adopt is not None and self._held.adoptable(adopt, now):
+                        self._adopt(adopt)
+                    if not follow:
+                        raise self._waiting(reason, until)
+                    if now > deadline:
+                        raise self._waiting("another process's token refresh did not finish", now + STORAGE_RETRY)
+                    await self._sleep(POLL)
+                case Rotate(base):
+                    fence = await self._storage.lock_refresh(self.vendor, LOCK_TTL)
+                    if fence is None:  # another process is at it: see what it stores
+                        if now > deadline:
+                            raise self._waiting("another process's token refresh did not finish", now + STORAGE_RETRY)
+                        await self._sleep(POLL)
+                        continue
+                    try:
+                        if await self._storage.get_token(self.vendor) == raw:
+                            rotated = await self._rotate(base, raw)
+                            if rotated is not None:
+                                return rotated
+                    finally:
+                        await self._unlock(fence)
 
-    def _fresh(self, record: TokenRecord | None, stale: str | None) -> TokenRecord | None:
-        """``record`` if it is neither due for refresh nor the token the vendor rejected."""
-        if record is None or record.access_token == stale or record.due(self._clock(), self.spec.refresh_before):
-            return None
-        return record
-
-    async def _exchange_and_keep(self, stale: str | None) -> TokenRecord:
-        """Under the lock: adopt what another process stored, or refresh and store."""
-        raw = await self._storage.get_token(self.vendor)
-        stored = self._open(raw)
-        fresh = self._fresh(stored, stale)
-        if fresh is not None:  # another process refreshed already
-            self._adopt(fresh)
-            return fresh
-        newest = self._newest(stored)
-        if newest is self._token and self._fresh(newest, stale) is not None:
-            assert newest is not None  # ours is newer than the store (it could not be saved before)
-            await self._save(newest, raw)
-            return newest
-        record = await self._exchange_or_fail(newest.refresh_token if newest else None, stored=stored)
-        # Adopted before it is stored: a rotated refresh token must never exist only in flight.
-        self._adopt(record)
-        await self._save(record, raw)
+    async def _rotate(self, base: TokenRecord | None, raw: bytes | None) -> TokenRecord | None:
+        """Under the lock: the next token from ``base``'s refresh token; None if the stored
+        record changed before our mark took (plan again)."""
+        if base is not None:
+            marked = self._seal(base.rotating(self._me, self._clock()))
+            if not await self._storage.put_token(self.vendor, marked, raw):
+                return None
+            self._held = Held(base, started_at=self._clock())
+            raw = marked
+        # From here on storage failures are caught: the token endpoint is being asked.
+        self._sending = True
+        try:
+            try:
+                answer = await self._endpoint.exchange(base.refresh_token if base is not None else None)
+            except TokenEndpointError as exc:
+                return await self._rotation_failed(exc, base, raw)
+            record = base.next_link(answer) if base is not None else answer
+            self._made(record)
+            await self._save(record, raw)
+        finally:
+            self._sending = False
         self._refreshed(record)
         return record
 
-    async def _exchange_or_fail(self, known_refresh: str | None, stored: TokenRecord | None) -> TokenRecord:
-        refresh_token = self._refresh_token(known_refresh)
+    async def _rotation_failed(self, exc: TokenEndpointError, base: TokenRecord | None, raw: bytes | None) -> TokenRecord:
+        now = self._clock()
+        if exc.refused:
+            # A refresh token another process rotated a moment ago is refused too: if the
+            # store moved on since we read it, that is a lost race, not a dead credential.
+            again = await self._read_quietly()
+            if again is not None and again.refresh_token != (base.refresh_token if base else None) and again.usable(now):
+                self._adopt(again)
+                return again
+        if base is None:
+            raise self._fail(exc)
+        # The mark comes off; a refusal stays on the link, so that no process sends it
+        # again before the backoff.
+        after = base.refused_now(now, str(exc)) if exc.refused else base.settled()
         try:
-            return await self._exchange(refresh_token)
-        except TokenEndpointError as exc:
-            if exc.refused:
-                # A refresh token another process rotated a moment ago is refused too: if the
-                # store moved on since we read it, that is a lost race, not a dead credential.
-                again = await self._read()
-                if again is not None and again.refresh_token != refresh_token and again.usable(self._clock()):
-                    self._adopt(again)
-                    return again
-            raise self._fail(exc) from None
+            await self._storage.put_token(self.vendor, self._seal(after), raw)
+        except StorageError as err:
+            self._storage_failed(err)
+            if not exc.refused:
+                raise self._fail(exc) from None  # our mark stays: the link is still ours to retry
+        self._held = Held(base)
+        raise self._fail(exc, after.refusals if exc.refused else None)
 
-    def _newest(self, stored: TokenRecord | None) -> TokenRecord | None:
-        """The latest link of the chain this process knows: the store's or its own."""
-        own = self._token
-        if own is None or (stored is not None and stored.issued_at >= own.issued_at):
-            return stored
-        return own
+    async def _refresh_alone(self, stale: str | None) -> TokenRecord:
+        """Storage is down: a new token only where ``Held.may_rotate_alone`` says this
+        process holds the newest link; it is stored once storage answers."""
+        now = self._clock()
+        own = self._held.record
+        if own is not None and own.fresh(now, self.spec.refresh_before, stale):
+            return own
+        if not self._held.may_rotate_alone(now, chain=self._seed is not None, shared=self._shared):
+            why = "the shared token store is unavailable and another process may hold the newest refresh token"
+            raise self._waiting(why, now + STORAGE_RETRY)
+        base = own if self._seed is not None else None
+        try:
+            answer = await self._endpoint.exchange(base.refresh_token if base is not None else None)
+        except TokenEndpointError as exc:
+            raise self._fail(exc) from None
+        record = base.next_link(answer) if base is not None else answer
+        self._made(record)
+        self._refreshed(record)
+        return record
 
     async def _save(self, record: TokenRecord, previous: bytes | None) -> None:
         """Store ``record`` unless the store changed since ``previous`` was read."""
-        value = self._sealer.seal(orjson.dumps(record.to_json()))
         try:
-            if not await self._storage.put_token(self.vendor, value, previous):
-                log.warning("%s: another process stored a token meanwhile; ours stays in this process", self.vendor)
+            stored = await self._storage.put_token(self.vendor, self._seal(record), previous)
         except StorageError as exc:
-            log.warning("%s: new token not stored (%s); kept here and stored at the next refresh", self.vendor, exc)
+            self._storage_failed(exc)
+            return
+        if stored:
+            self._held = Held(record)
+        else:
+            log.warning("%s: another process stored a token meanwhile; ours is stored when it is newer", self.vendor)
+
+    async def _unlock(self, fence: int) -> None:
+        try:
+            await self._storage.unlock_refresh(self.vendor, fence)
+        except StorageError as exc:
+            self._storage_failed(exc)  # the lock expires by itself
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        if not self._storage_down:
+            self._storage_down = True
+            log.warning("%s: shared token store unavailable (%s); tokens are kept in this process", self.vendor, exc)
+
+    def _storage_answers(self) -> None:
+        if self._storage_down:
+            self._storage_down = False
+            self._recovering_until = self._clock() + RECOVERY_GRACE
+            log.info("%s: shared token store answers again", self.vendor)
 
     def _refreshed(self, record: TokenRecord) -> None:
         self._metrics.credential_refreshes.labels(self.vendor, "ok").inc()
         log.info("%s: access token refreshed, valid for %.0fs", self.vendor, record.expires_at - record.issued_at)
 
-    def _uses_refresh_token(self) -> bool:
-        return isinstance(self.spec, OAuth2) and self.spec.grant == "refresh_token"
-
-    def _refresh_token(self, known: str | None) -> str | None:
-        if not self._uses_refresh_token():
-            return None
-        if known:
-            return known
-        assert isinstance(self.spec, OAuth2) and self.spec.refresh_token is not None
-        return self.spec.refresh_token.reveal()
-
     async def _read(self) -> TokenRecord | None:
-        return self._open(await self._storage.get_token(self.vendor))
+        record = self._open(await self._storage.get_token(self.vendor))
+        self._storage_answers()
+        return record
+
+    async def _read_quietly(self) -> TokenRecord | None:
+        try:
+            return await self._read()
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return None
+
+    def _seal(self, record: TokenRecord) -> bytes:
+        return self._sealer.seal(orjson.dumps(record.to_json()))
 
     def _open(self, raw: bytes | None) -> TokenRecord | None:
         if raw is None:
@@ -313,13 +411,21 @@ class TokenProvider:
         return record if record.origin == self._origin else None
 
     def _adopt(self, record: TokenRecord) -> None:
-        self._token = record
+        self._held = Held(record)
+        self._cleared()
+
+    def _made(self, record: TokenRecord) -> None:
+        self._held = Held(record, made=True)
+        self._cleared()
+
+    def _cleared(self) -> None:
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = None
 
-    def _fail(self, exc: TokenEndpointError) -> CredentialsUnavailable:
-        self._failures += 1
+    def _fail(self, exc: TokenEndpointError, failures: int | None = None) -> CredentialsUnavailable:
+        """A failed token request: backed off, by the stored count of refusals where there is one."""
+        self._failures = failures if failures is not None else self._failures + 1
         delay = failure_delay(self._failures, exc.refused)
         self._retry_at = self._clock() + delay
         self._last_error = str(exc)
@@ -327,77 +433,15 @@ class TokenProvider:
         log.error("%s: token refresh failed: %s; next attempt in %.0fs", self.vendor, exc, delay)
         return self._unavailable(delay)
 
+    def _waiting(self, reason: str, until: float) -> CredentialsUnavailable:
+        """No token request now (plan or storage says so): nothing failed, nothing counted."""
+        self._retry_at = until
+        self._last_error = reason
+        return self._unavailable(until - self._clock())
+
     def _unavailable(self, retry_after: float) -> CredentialsUnavailable:
         return CredentialsUnavailable(
             f"no valid {self.spec.type} token for {self.vendor}: {self._last_error or 'not fetched yet'}",
             vendor=self.vendor,
             retry_after=retry_after,
         )
-
-    # -- the token endpoint ------------------------------------------------------------
-
-    async def _exchange(self, refresh_token: str | None) -> TokenRecord:
-        form, headers = self._grant(refresh_token)
-        now = self._clock()
-        try:
-            async with self._session.post(
-                self.spec.token_url,
-                data=form,
-                headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=TOKEN_TIMEOUT),
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TokenEndpointError(f"token endpoint unreachable: {type(exc).__name__}", refused=False) from None
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        return parse_token_response(status, body, now, refresh_token, self._origin)
-
-    def _grant(self, refresh_token: str | None) -> tuple[dict[str, str], dict[str, str]]:
-        spec = self.spec
-        headers = {"Accept": "application/json"}
-        if isinstance(spec, JwtBearer):
-            form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": self._assertion()}
-            if spec.scope:
-                form["scope"] = spec.scope
-            return form, headers
-        if spec.grant == "refresh_token":
-            assert refresh_token is not None
-            form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        else:
-            form = {"grant_type": "client_credentials"}
-        if spec.scope:
-            form["scope"] = spec.scope
-        secret = spec.client_secret.reveal()
-        if spec.auth_method == "client_secret_basic":
-            # RFC 6749 2.3.1: both parts form-urlencoded before base64.
-            pair = f"{quote(spec.client_id, safe='')}:{quote(secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-        else:
-            form["client_id"] = spec.client_id
-            form["client_secret"] = secret
-        return form, headers
-
-    def _assertion(self) -> str:
-        spec = self.spec
-        assert isinstance(spec, JwtBearer)
-        now = int(self._clock())
-        claims = {
-            "iss": spec.issuer,
-            "sub": spec.subject or spec.issuer,
-            "aud": spec.audience,
-            "iat": now,
-            "exp": now + int(spec.lifetime),
-            "jti": uuid.uuid4().hex,
-        }
-        try:
-            return jwt.encode(claims, spec.private_key.reveal(), algorithm=spec.algorithm)
-        except (ValueError, TypeError, jwt.PyJWTError) as exc:
-            raise TokenEndpointError(
-                f"private_key cannot sign {spec.algorithm}: {type(exc).__name__}", refused=True
-            ) from None
-

@@ -1,11 +1,14 @@
 """A mock OAuth2 authorization server and a protected API that checks its tokens.
 
 It issues short-lived tokens, rotates refresh tokens (a used one dies), checks client
-authentication and JWT assertions, and fails on demand.
+authentication and JWT assertions, and fails on demand. It counts replays: refreshes with
+a refresh token it had already rotated away, which a vendor with reuse detection (RFC 9700
+4.14.2) would answer by revoking the whole grant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import time
@@ -28,10 +31,14 @@ class TokenServer:
     public_key: Any = None
     audience: str = "https://auth.example/token"
     live_refresh_tokens: set[str] = field(default_factory=lambda: {"refresh-0"})
+    rotated_away: set[str] = field(default_factory=set)
+    replays: int = 0
+    refusals: int = 0
     issued: dict[str, float] = field(default_factory=dict)
     requests: list[dict[str, str]] = field(default_factory=list)
     failures: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
     rejected_401: int = 0
+    delay: float = 0.0  # seconds each token request takes
     served: int = 0
     _numbers: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -50,6 +57,7 @@ class TokenServer:
     async def token(self, request: web.Request) -> web.Response:
         form = dict(await request.post())
         self.requests.append({**{k: str(v) for k, v in form.items()}, "authorization": request.headers.get("Authorization", "")})
+        await asyncio.sleep(self.delay)
         if self.failures:
             status, body = self.failures.popleft()
             return web.json_response(body, status=status)
@@ -67,10 +75,13 @@ class TokenServer:
         if grant == "refresh_token":
             used = str(form.get("refresh_token"))
             if used not in self.live_refresh_tokens:
+                self.replays += used in self.rotated_away
+                self.refusals += 1
                 return web.json_response({"error": "invalid_grant"}, status=400)
             new = used
             if self.rotate:
                 self.live_refresh_tokens.discard(used)
+                self.rotated_away.add(used)
                 new = f"refresh-{next(self._numbers)}"
                 self.live_refresh_tokens.add(new)
             return self._issue(new)

@@ -272,12 +272,13 @@ async def test_a_failing_token_endpoint_does_not_touch_callers_while_the_token_i
 
 
 class FlakyStorage(MemoryStorage):
-    """Memory storage whose token calls can be made to fail, like a Redis blip."""
+    """Memory storage whose token calls can be made to fail, like a Redis blip.
+    ``fail_link_puts``: how many of the next writes of a new link (not of a mark) fail."""
 
     def __init__(self, path):
         super().__init__(path)
         self.down = False
-        self.fail_puts = 0
+        self.fail_link_puts = 0
 
     async def get_token(self, vendor):
         if self.down:
@@ -290,8 +291,10 @@ class FlakyStorage(MemoryStorage):
         return await super().lock_refresh(vendor, ttl)
 
     async def put_token(self, vendor, value, previous):
-        if self.down or self.fail_puts:
-            self.fail_puts = max(0, self.fail_puts - 1)
+        if self.down:
+            raise StorageError("redis write failed: ConnectionError")
+        if self.fail_link_puts and not orjson.loads(Sealer(None).open(value))["rotating_by"]:
+            self.fail_link_puts -= 1
             raise StorageError("redis write failed: TimeoutError")
         return await super().put_token(vendor, value, previous)
 
@@ -308,7 +311,7 @@ async def test_a_store_failure_after_a_rotation_does_not_lose_the_chain(tmp_path
     storage = FlakyStorage(tmp_path)
     async with aiohttp.ClientSession() as session:
         provider = TokenProvider("crm", refresh_spec(auth), storage, session, Sealer(None), Metrics())
-        storage.fail_puts = 1
+        storage.fail_link_puts = 1
         headers: CIMultiDict[str] = CIMultiDict()
         await provider.apply(headers, None)  # refresh-0 -> refresh-1, not stored
         await provider.rejected(headers)  # the vendor refuses it: the next link comes from refresh-1
