@@ -20,6 +20,7 @@ from gateway.config.spec import (
     Field,
     Int,
     ListOf,
+    ListOrAll,
     Number,
     Obj,
     Percent,
@@ -485,7 +486,13 @@ CALLER = Obj(
     {
         "name": Field(Str(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*"), required=True),
         "key": Field(SecretRef(), required=True),
-        "vendors": Field(ListOf(Str(pattern=r"\*|" + VENDOR_NAME.pattern), min_items=1), default=("*",)),
+        "vendors": Field(
+            ListOrAll(
+                ListOf(Str(pattern=r"\*|" + VENDOR_NAME.pattern), min_items=1),
+                description='vendor names; "*" (or ["*"]) = every vendor',
+            ),
+            default=("*",),
+        ),
         "priority": Field(Str(enum=("high", "normal", "low")), default="normal"),
     },
 )

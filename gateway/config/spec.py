@@ -379,6 +379,24 @@ class ListOf(Spec):
         return self._schema(body)
 
 
+class ListOrAll(Spec):
+    """A list, or the string ``"*"`` meaning every possible item (built as ``("*",)``)."""
+
+    def __init__(self, items: ListOf, *, description: str = "") -> None:
+        self.items = items
+        self.description = description
+
+    def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
+        if value == "*":
+            return ("*",)
+        if isinstance(value, str):
+            return ctx.error(line, path, f'expected a list, or "*" for all, got {_short(value)}')
+        return self.items.build(value, ctx, path, line)
+
+    def schema(self) -> dict[str, Any]:
+        return self._schema({"anyOf": [{"const": "*"}, self.items.schema()]})
+
+
 class AnyOf(Spec):
     """The first of several specs that accepts the value; the last one's problem otherwise."""
 
