@@ -86,6 +86,11 @@ def _authority(parts: SplitResult) -> str | None:
     labels = host.split(".")
     if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return "has an invalid host name"
+    try:
+        # A broken punycode label (xn--...) would fail later, in the HTTP client's URL.
+        host.encode("ascii").decode("idna")
+    except UnicodeError:
+        return "has an invalid punycode (xn--) host name"
     return None
 
 

@@ -65,6 +65,7 @@ def test_broken_urls_are_problems(tmp_path):
         ("https://a.exa\\tmple", "must not contain control characters"),  # urlsplit would drop the tab
         ("https://bücher.example", "must be ASCII"),
         ("https://a..example", "has an invalid host name"),
+        ("https://xn--a.example", "has an invalid punycode (xn--) host name"),
         ("https://@a.example", "must not carry user:password"),
         ("https://a.example/v1?", "must not carry a query or fragment"),
         ("https://a.example/%zz", "'%' that is not followed by two hex digits"),
