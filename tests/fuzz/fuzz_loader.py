@@ -17,7 +17,8 @@ Not collected by pytest (no test_ functions, not a test_ file). Run it by hand:
         -artifact_prefix=/tmp/fuzz-crashes/ -max_total_time=1800 \\
         /tmp/fuzz-corpus tests/fuzz/seeds policies
 
-A crash leaves its input in /tmp/fuzz-crashes/; replay it by passing that file instead
+The first folder is where the fuzzer adds the inputs it finds (never name tests/fuzz/seeds
+first); the others are only read. A crash leaves its input in /tmp/fuzz-crashes/; replay it by passing that file instead
 of the folders. Each crash found is kept as a regression test in tests/config/.
 """
 
@@ -28,7 +29,6 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-
 from zoneinfo import ZoneInfo
 
 import atheris
