@@ -92,7 +92,8 @@ def _load_policies(
 ) -> dict[str, Policy]:
     """Every policy in ``folder``; ``origin`` says where the folder was named, for problems."""
     if not folder.is_dir():
-        problems.append(replace(origin, message=f"{folder}: no such directory"))
+        reason = "not a directory" if folder.exists() else "no such directory"
+        problems.append(replace(origin, message=f"{folder}: {reason}"))
         return {}
     try:
         files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.is_dir())

@@ -223,6 +223,9 @@ def test_files_that_are_no_config_are_problems(tmp_path):
         f"{tmp_path}/policies/gone.yml:1: (file): cannot read: No such file or directory",
         f"{tmp_path}/policies/zero.yaml:1: (file): cannot read: not a regular file",
     ]
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {}, Overrides(policies="/dev/zero"))
+    assert [str(p) for p in info.value.problems] == ["--policies:1: policies: /dev/zero: not a directory"]
 
 
 def run_gateway(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
