@@ -185,7 +185,7 @@ class SecretRef(Spec):
 
 
 class Int(Spec):
-    def __init__(self, *, minimum: int | None = None, maximum: int = MAX_COUNT, description: str = "") -> None:
+    def __init__(self, *, minimum: int | None = None, maximum: int | None = MAX_COUNT, description: str = "") -> None:
         self.minimum = minimum
         self.maximum = maximum
         self.description = description
