@@ -6,7 +6,8 @@ gateway.yaml (beside a valid policy), and loaded as ``gateway check`` loads them
 the loader accepts must also be usable as ``serve`` uses it: upstream and token URLs
 parse in the HTTP client (yarl), the storage URL in redis-py, time zones in zoneinfo. The
 folder also holds what references may name: a small file, a file over the 64 KB limit,
-a FIFO, a link to /dev/zero and a folder.
+a FIFO, a link to /dev/zero and a folder (a scratch folder /tmp/fuzz-loader-*, left
+behind: libFuzzer ends the process without Python's exit handlers).
 
 Not collected by pytest (no test_ functions, not a test_ file). Run it by hand:
 
