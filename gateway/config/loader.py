@@ -1,7 +1,7 @@
 """Loads the gateway file and the policy folder into one validated :class:`Settings`.
 
 Every problem in every file is collected and raised together as one ConfigError, each
-naming file, line and field. The environment is passed in, never read from globals.
+naming file, line and field; whatever the files hold, nothing else is raised. The environment is passed in, never read from globals.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.config.files import Unreadable, read_limited
 from gateway.config.model import CONFIG, POLICY, Config, Policy
-from gateway.config.spec import INVALID, Context, Spec
-from gateway.config.yamlread import LineDict, YamlProblem, read_yaml
+from gateway.config.spec import INVALID, Context, Spec, field_name
+from gateway.config.yamlread import LineDict, YamlProblem, decode, read_yaml
 from gateway.errors import ConfigError, Problem
+
+# A config or policy file longer than this is no config (PyYAML reads ~50 KB a second).
+MAX_FILE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,14 @@ def _load_policies(
 ) -> dict[str, Policy]:
     """Every policy in ``folder``; ``origin`` says where the folder was named, for problems."""
     if not folder.is_dir():
-        problems.append(replace(origin, message=f"{folder}: no such directory"))
+        reason = "not a directory" if folder.exists() else "no such directory"
+        problems.append(replace(origin, message=f"{folder}: {reason}"))
         return {}
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.is_dir())
+    except OSError as exc:
+        problems.append(replace(origin, message=f"{folder}: cannot list: {exc.strerror or type(exc).__name__}"))
+        return {}
     if not files:
         problems.append(replace(origin, message=f"{folder}: no policy files (*.yaml, *.yml)"))
     policies: dict[str, Policy] = {}
@@ -113,18 +122,15 @@ def _load_policies(
 
 def _read(path: Path, problems: list[Problem]) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        problems.append(Problem(str(path), 1, "(file)", f"cannot read: {reason}"))
+        value, duplicates = read_yaml(decode(read_limited(path, MAX_FILE)))
+    except Unreadable as exc:
+        problems.append(Problem(str(path), 1, "(file)", f"cannot read: {exc}"))
         return None
-    try:
-        value, duplicates = read_yaml(text)
     except YamlProblem as exc:
         problems.append(Problem(str(path), exc.line, "(yaml)", exc.message))
         return None
     for line, key in duplicates:
-        problems.append(Problem(str(path), line, key, "duplicate key"))
+        problems.append(Problem(str(path), line, field_name(key), "duplicate key"))
     if duplicates:
         return None
     if value is None:

@@ -20,6 +20,7 @@ from gateway.config.spec import (
     Field,
     Int,
     ListOf,
+    ListOrAll,
     Number,
     Obj,
     Percent,
@@ -33,6 +34,7 @@ from gateway.config.spec import (
     Str,
     Tagged,
 )
+from gateway.config.urls import check_http_url, check_storage_url
 from gateway.config.yamlread import LineList
 from gateway.core.routing import RESERVED_VENDORS, VENDOR_NAME, compile_glob
 
@@ -41,26 +43,13 @@ CACHEABLE_METHODS = frozenset({"GET", "HEAD", "POST"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def _check_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{value!r} is not an http:// or https:// URL with a host"
-    if parts.username or parts.password:
-        return "must not carry user:password (use credentials)"
-    if parts.query or parts.fragment:
-        return "must not carry a query or fragment"
-    try:
-        parts.port
-    except ValueError:
-        return f"{value!r} has an invalid port"
-    return None
-
-
 def _check_glob(value: str) -> str | None:
     if not value.startswith("/"):
         return "a path glob starts with '/'"
     if any("**" in seg and seg != "**" for seg in value.split("/")):
         return "'**' must stand alone as a whole segment"
+    if not value.isascii() or "?" in value or "#" in value:
+        return "a path glob is ASCII (percent-encoded as requests are) and has no query or fragment"
     return None
 
 
@@ -70,16 +59,22 @@ def _check_vendor(value: str) -> str | None:
     return None
 
 
+_TIMEZONE = re.compile(r"[A-Za-z0-9_+-]{1,30}(?:/[A-Za-z0-9_+-]{1,30}){0,2}")
+
+
 def _check_timezone(value: str) -> str | None:
+    unknown = f"unknown time zone {value[:40]!r}"
+    if not _TIMEZONE.fullmatch(value):
+        return unknown
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        return f"unknown time zone {value!r}"
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of the zone database, such as America
+        return unknown
     return None
 
 
 def _check_listen(value: str) -> str | None:
-    return None if parse_listen(value) else f"expected HOST:PORT (IPv6 as [::1]:8080), got {value!r}"
+    return None if parse_listen(value) else f"expected HOST:PORT (IPv6 as [::1]:8080), got {value[:60]!r}"
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -89,16 +84,7 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return (m.group("v6") or m.group("host")), int(m.group("port"))
 
 
-def _check_storage(value: str) -> str | None:
-    if value == "memory":
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        return "expected memory, redis://[:password@]host:port/db or rediss://..."
-    return None
-
-
-URL = Str(check=_check_url, refs=True)
+URL = Str(check=check_http_url, refs=True)
 GLOB = Str(check=_check_glob, description="path glob after the vendor prefix: * one segment, ** any")
 
 
@@ -391,6 +377,10 @@ class JwtBearer:
     type: str = "jwt_bearer"
 
 
+def _check_username(value: str) -> str | None:
+    return "a Basic username cannot contain ':' (RFC 7617)" if ":" in value else None
+
+
 Credentials = NoCredentials | ApiKey | Bearer | Basic | OAuth2 | JwtBearer
 
 CREDENTIALS = Tagged(
@@ -410,7 +400,7 @@ CREDENTIALS = Tagged(
         "bearer": Obj(Bearer, {"token": Field(SecretRef(), required=True)}),
         "basic": Obj(
             Basic,
-            {"username": Field(Str(refs=True), required=True), "password": Field(SecretRef(), required=True)},
+            {"username": Field(Str(refs=True, check=_check_username), required=True), "password": Field(SecretRef(), required=True)},
         ),
         "oauth2": Obj(
             OAuth2,
@@ -435,7 +425,7 @@ CREDENTIALS = Tagged(
                 "issuer": Field(Str(refs=True), required=True),
                 "subject": Field(Str(refs=True)),
                 "audience": Field(Str(refs=True), required=True),
-                "private_key": Field(SecretRef(), required=True),
+                "private_key": Field(SecretRef(multiline=True), required=True),
                 "algorithm": Field(Str(enum=("RS256", "ES256")), default="RS256"),
                 "lifetime": Field(Duration(positive=True), default=180.0),
                 "scope": Field(Str()),
@@ -527,7 +517,13 @@ CALLER = Obj(
     {
         "name": Field(Str(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*"), required=True),
         "key": Field(SecretRef(), required=True),
-        "vendors": Field(ListOf(Str(pattern=r"\*|" + VENDOR_NAME.pattern), min_items=1), default=("*",)),
+        "vendors": Field(
+            ListOrAll(
+                ListOf(Str(pattern=r"\*|" + VENDOR_NAME.pattern), min_items=1),
+                description='vendor names; "*" (or ["*"]) = every vendor',
+            ),
+            default=("*",),
+        ),
         "priority": Field(Str(enum=("high", "normal", "low")), default="normal"),
     },
 )
@@ -598,7 +594,7 @@ CONFIG = Obj(
         "listen": Field(Str(check=_check_listen), default="127.0.0.1:8080"),
         "workers": Field(Int(minimum=1, maximum=256), default=1),
         "policies": Field(Str(), default="./policies"),
-        "storage": Field(Str(check=_check_storage, refs=True), default="memory"),
+        "storage": Field(Str(check=check_storage_url, refs=True), default="memory"),
         "redis_cluster": Field(Bool(), default=False),
         "on_storage_error": Field(Str(enum=("local", "reject", "allow")), default="local"),
         "max_body": Field(Size(), default=10 * 1024**2),

@@ -8,12 +8,14 @@ typed value, or reports problems to the :class:`Context` and returns :data:`INVA
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.config.files import Unreadable, read_limited
 from gateway.config.yamlread import LineDict, LineList
 from gateway.errors import Problem
 
@@ -24,6 +26,9 @@ class _Invalid:
 
 
 INVALID: Any = _Invalid()
+
+MAX_REFERENCED = 64 * 1024  # a ${file:...} secret; a longer file is surely the wrong one
+MAX_COUNT = 10**15  # whole numbers beyond this lose precision in Redis (doubles) and overflow SQLite
 
 _REFERENCE = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<env>[A-Za-z_][A-Za-z0-9_]*))\}")
 
@@ -80,10 +85,10 @@ class Context:
         if not target.is_absolute():
             target = self.base_dir / target
         try:
-            return target.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            self.error(line, path, f"cannot read referenced file {str(target)!r}: {reason}")
+            return read_limited(target, MAX_REFERENCED).decode("utf-8").strip()
+        except (Unreadable, UnicodeDecodeError) as exc:
+            reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            self.error(line, path, f"cannot read referenced file {_short(str(target), 300)}: {reason}")
             return None
 
 
@@ -130,10 +135,12 @@ class Str(Spec):
             if resolved is None:
                 return INVALID
             value = resolved
+        if message := unsafe_characters(value):
+            return ctx.error(line, path, message)
         if self.enum is not None and value not in self.enum:
-            return ctx.error(line, path, f"must be one of {', '.join(self.enum)}, got {value!r}")
+            return ctx.error(line, path, f"must be one of {', '.join(self.enum)}, got {_short(value)}")
         if self.pattern is not None and not self.pattern.fullmatch(value):
-            return ctx.error(line, path, f"{value!r} does not match {self.pattern.pattern}")
+            return ctx.error(line, path, f"{_short(value)} does not match {self.pattern.pattern}")
         if self.check is not None:
             message = self.check(value)
             if message:
@@ -154,6 +161,9 @@ class SecretRef(Spec):
 
     description = "a reference: ${ENV_NAME} or ${file:/path} (literal secrets are refused)"
 
+    def __init__(self, *, multiline: bool = False) -> None:
+        self.multiline = multiline
+
     def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
         if not isinstance(value, str) or not is_reference(value):
             return ctx.error(
@@ -166,6 +176,8 @@ class SecretRef(Spec):
             return INVALID
         if not resolved:
             return ctx.error(line, path, f"{value} resolves to an empty value")
+        if message := unsafe_characters(resolved, multiline=self.multiline):
+            return ctx.error(line, path, f"{value} resolves to a value that {message}")
         return Secret(resolved, value)
 
     def schema(self) -> dict[str, Any]:
@@ -173,7 +185,7 @@ class SecretRef(Spec):
 
 
 class Int(Spec):
-    def __init__(self, *, minimum: int | None = None, maximum: int | None = None, description: str = "") -> None:
+    def __init__(self, *, minimum: int | None = None, maximum: int | None = MAX_COUNT, description: str = "") -> None:
         self.minimum = minimum
         self.maximum = maximum
         self.description = description
@@ -208,6 +220,8 @@ class Number(Spec):
             number = float(value)
         except OverflowError:
             return ctx.error(line, path, f"is out of range: {_short(value)}")
+        if not math.isfinite(number):
+            return ctx.error(line, path, f"must be a finite number, got {_short(value)}")
         if self.above is not None and not number > self.above:
             return ctx.error(line, path, f"must be greater than {self.above}, got {_short(value)}")
         return _bounded(number, self.minimum, self.maximum, ctx, path, line)
@@ -262,7 +276,7 @@ class Duration(Spec):
         seconds = parse_duration(value)
         if seconds is None:
             return ctx.error(
-                line, path, f"expected a duration such as 250ms, 10s, 5m, 1h, 1d or seconds, got {value!r}"
+                line, path, f"expected a duration such as 250ms, 10s, 5m, 1h, 1d or seconds, got {_short(value)}"
             )
         if self.positive and seconds <= 0:
             return ctx.error(line, path, "must be longer than zero")
@@ -322,9 +336,12 @@ class Percent(Spec):
             except ValueError:
                 share = None
         elif isinstance(value, int | float) and not isinstance(value, bool):
-            share = float(value)
+            try:
+                share = float(value)
+            except OverflowError:
+                share = None
         if share is None or not 0 <= share < 1:
-            return ctx.error(line, path, f"expected a share from 0% to below 100%, got {value!r}")
+            return ctx.error(line, path, f"expected a share from 0% to below 100%, got {_short(value)}")
         return share
 
     def schema(self) -> dict[str, Any]:
@@ -360,6 +377,24 @@ class ListOf(Spec):
         if self.min_items:
             body["minItems"] = self.min_items
         return self._schema(body)
+
+
+class ListOrAll(Spec):
+    """A list, or the string ``"*"`` meaning every possible item (built as ``("*",)``)."""
+
+    def __init__(self, items: ListOf, *, description: str = "") -> None:
+        self.items = items
+        self.description = description
+
+    def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
+        if value == "*":
+            return ("*",)
+        if isinstance(value, str):
+            return ctx.error(line, path, f'expected a list, or "*" for all, got {_short(value)}')
+        return self.items.build(value, ctx, path, line)
+
+    def schema(self) -> dict[str, Any]:
+        return self._schema({"anyOf": [{"const": "*"}, self.items.schema()]})
 
 
 class AnyOf(Spec):
@@ -439,7 +474,7 @@ class Obj(Spec):
             if key not in self.fields:
                 ctx.error(
                     value.lines.get(key, value.line),
-                    _join(path, str(key)),
+                    _join(path, field_name(key)),
                     f"unknown field (expected one of: {', '.join(self.fields)})",
                 )
                 ok = False
@@ -493,7 +528,7 @@ class Tagged(Spec):
             return ctx.error(
                 value.lines.get(self.tag, value.line),
                 _join(path, self.tag),
-                f"must be one of {', '.join(self.variants)}, got {kind!r}",
+                f"must be one of {', '.join(self.variants)}, got {_short(kind)}",
             )
         rest = LineDict((k, v) for k, v in value.items() if k != self.tag)
         rest.line = value.line
@@ -511,14 +546,38 @@ class Tagged(Spec):
         return self._schema({"type": "object", "oneOf": options})
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def unsafe_characters(text: str, *, multiline: bool = False) -> str | None:
+    """Why ``text`` cannot be a config value (a control character, a lone surrogate), or None.
+
+    Such characters never belong in a name, path, URL or header, and would only fail
+    later, in a header sent or a file opened while serving.
+    """
+    m = (_CONTROL_BUT_LINES if multiline else _CONTROL).search(text)
+    if m is None:
+        return None
+    what = "lone surrogates" if ord(m.group()) >= 0xD800 else "control characters"
+    return f"must not contain {what} (U+{ord(m.group()):04X} at character {m.start() + 1})"
+
+
 def _ecma(pattern: str) -> str:
     """A Python regex as JSON Schema (ECMA-262) takes it: named groups made plain."""
     return re.sub(r"\(\?P<\w+>", "(?:", pattern)
 
 
-def _short(value: object) -> str:
+def field_name(key: object) -> str:
+    """A mapping key as a problem names it: as written when plain, else quoted and cut short."""
+    if isinstance(key, str) and key.isprintable() and len(key) <= 40:
+        return key
+    return _short(key)
+
+
+def _short(value: object, limit: int = 40) -> str:
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _join(path: str, name: str) -> str:
@@ -535,8 +594,8 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
-    return f"{type(value).__name__} {value!r}"
+        return f"the string {_short(value)}"
+    return f"{type(value).__name__} {_short(value)}"
 
 
 def _bounded(value: Any, minimum: Any, maximum: Any, ctx: Context, path: str, line: int) -> Any:

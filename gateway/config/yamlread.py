@@ -3,6 +3,11 @@
 Built on PyYAML's SafeLoader (no arbitrary objects); mappings become :class:`LineDict`
 and sequences :class:`LineList`, each carrying 1-based line numbers. Duplicate keys,
 which plain YAML loaders silently collapse, are reported.
+
+Whatever the bytes, reading either gives a value or raises :class:`YamlProblem` with a
+line: bad UTF-8 and characters YAML forbids are named where they stand, nesting is
+bounded, and so is what anchors and aliases expand to (a "billion laughs" document of a
+few hundred bytes would otherwise become millions of values).
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import re
 from typing import Any
 
 import yaml
+
+MAX_DEPTH = 40
+MAX_VALUES = 100_000
 
 
 class LineDict(dict[Any, Any]):
@@ -40,6 +48,29 @@ class _LineLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[int, str]] = []
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise YamlProblem(event.start_mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        # PyYAML's constructors let Python's own errors out for values such as
+        # `!!timestamp 2024-13-45`, `!!bool maybe` or `!!float x`.
+        except (ValueError, OverflowError, TypeError, AttributeError, LookupError) as exc:
+            raise YamlProblem(node.start_mark.line + 1, f"cannot read this {_tag(node)} value: {type(exc).__name__}") from None
+
+
+def _tag(node: yaml.Node) -> str:
+    return str(node.tag).rsplit(":", 1)[-1]
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
@@ -50,7 +81,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, str):
-            raise YamlProblem(line, f"keys must be strings, got {key!r}")
+            raise YamlProblem(line, f"keys must be strings, got {_short(key)}")
         if key in result:
             loader.duplicates.append((line, key))
         result[key] = loader.construct_object(value_node, deep=True)
@@ -65,11 +96,21 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return result
 
 
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
+    # YAML 1.2: a leading 0 is decimal (YAML 1.1 read `09` as a broken octal number).
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    try:
+        return int(text[2:], 16) if text[:2].lower() == "0x" else int(text, 10)
+    except ValueError:
+        raise YamlProblem(node.start_mark.line + 1, f"{_short(text)} is not a whole number (or has too many digits)") from None
+
+
 # YAML 1.2 booleans and numbers: under YAML 1.1 the key ``on:`` (retry.on) and values such
-# as ``no`` turn into true/false, and ``reset: 12:30`` into the base-60 number 750.
-_YAML12 = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+# as ``no`` turn into true/false, ``reset: 12:30`` into the base-60 number 750, and
+# ``2024-01-31`` into a date.
+_YAML11 = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
 _LineLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML12]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _LineLoader.add_implicit_resolver(
@@ -85,13 +126,35 @@ _LineLoader.add_implicit_resolver(
 )
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def decode(data: bytes) -> str:
+    """The UTF-8 text of a file (a leading byte-order mark dropped); raises YamlProblem."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise YamlProblem(line, f"not UTF-8 text: byte 0x{data[start]:02x} at column {column}") from None
+
+
+_FORBIDDEN = yaml.reader.Reader.NON_PRINTABLE
 
 
 def read_yaml(text: str) -> tuple[Any, list[tuple[int, str]]]:
     """The document's value and the (line, key) of every duplicate key; raises YamlProblem."""
+    if m := _FORBIDDEN.search(text):
+        line = text.count("\n", 0, m.start()) + 1
+        column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+        raise YamlProblem(line, f"character U+{ord(m.group()):04X} is not allowed in YAML (column {column})")
     loader = _LineLoader(text)
     try:
-        value = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        value = loader.construct_document(node) if node is not None else None
     except YamlProblem:
         raise
     except yaml.MarkedYAMLError as exc:
@@ -99,9 +162,53 @@ def read_yaml(text: str) -> tuple[Any, list[tuple[int, str]]]:
         line = mark.line + 1 if mark else 1
         raise YamlProblem(line, f"invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise YamlProblem(1, f"invalid YAML: {exc}") from None
-    except (RecursionError, ValueError, OverflowError) as exc:
-        raise YamlProblem(1, f"unreadable YAML: {type(exc).__name__}") from None
+        raise YamlProblem(1, f"invalid YAML: {type(exc).__name__}") from None
+    except RecursionError:
+        raise YamlProblem(1, "nested too deeply") from None
     finally:
         loader.dispose()
     return value, loader.duplicates
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document that aliases expand beyond MAX_VALUES values or MAX_DEPTH levels.
+
+    Each node is measured once (aliases share nodes), walking without recursion; a node
+    that contains itself through an alias counts as nothing where it recurs, and is left
+    to the constructor, which refuses it.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = _children(node)
+        if finished:
+            size[id(node)] = 1 + sum(size.get(id(c), 0) for c in children)
+            depth[id(node)] = 1 + max((depth.get(id(c), 0) for c in children), default=0)
+            open_nodes.discard(id(node))
+            line = node.start_mark.line + 1
+            if size[id(node)] > MAX_VALUES:
+                raise YamlProblem(line, f"expands to more than {MAX_VALUES} values (anchors and aliases counted each time they are used)")
+            if depth[id(node)] > MAX_DEPTH:
+                raise YamlProblem(line, f"nested more than {MAX_DEPTH} levels deep (through aliases)")
+            continue
+        if id(node) in size or id(node) in open_nodes:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size and id(c) not in open_nodes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -48,3 +48,15 @@ def test_the_config_schema_is_printed_too():
     config_schema = schema("--config")
     assert "callers" in config_schema["properties"]
     jsonschema.Draft202012Validator.check_schema(config_schema)
+
+
+def test_the_config_schema_takes_a_star_for_every_vendor_as_the_loader_does():
+    validator = jsonschema.Draft202012Validator(schema("--config"))
+
+    def config(vendors: object) -> dict:
+        return {"callers": [{"name": "c", "key": "${C}", "vendors": vendors}]}
+
+    for vendors in ("*", ["*"], ["hubspot", "clearbit"]):
+        assert validator.is_valid(config(vendors)), vendors
+    for vendors in ("hubspot", [], ["Not A Vendor"], 5):
+        assert not validator.is_valid(config(vendors)), vendors
