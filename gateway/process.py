@@ -207,9 +207,17 @@ def _supervise(settings: Settings) -> int:
     return 0
 
 
+class TextFormatter(logging.Formatter):
+    """One line per record; a record about a request ends with its ``id=`` (the
+    ``X-Request-Id``), so every line of a request can be found from the caller's id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return line if request_id is None or " id=" in line else f"{line} id={request_id}"
+
+
 def configure_logging() -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])

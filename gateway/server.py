@@ -40,6 +40,11 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "auto_decompress": False,
         "keepalive_timeout": settings.config.keepalive_timeout,
         "header_timeout": settings.config.header_timeout,
+        # After an answer to a request whose body was not read whole (a 408 for a stalled
+        # body, a 413), aiohttp reads on for this long so that the caller still sending is
+        # not reset before it reads the answer; its default, 10 s, would hold a slow
+        # caller's connection far past header_timeout.
+        "lingering_time": min(2.0, settings.config.header_timeout),
     }
 
 

@@ -36,7 +36,7 @@ from gateway.config.spec import (
 )
 from gateway.config.urls import check_http_url, check_storage_url
 from gateway.config.yamlread import LineList
-from gateway.core.routing import RESERVED_VENDORS, VENDOR_NAME, compile_glob
+from gateway.core.routing import RESERVED_VENDORS, VENDOR_NAME, Glob
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CACHEABLE_METHODS = frozenset({"GET", "HEAD", "POST"})
@@ -92,17 +92,17 @@ GLOB = Str(check=_check_glob, description="path glob after the vendor prefix: * 
 class Match:
     methods: frozenset[str] | None
     path: str | None
-    pattern: re.Pattern[str] | None
+    pattern: Glob | None
 
     def fits(self, method: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
-        return self.pattern is None or self.pattern.fullmatch(path or "/") is not None
+        return self.pattern is None or self.pattern.fits(path or "/")
 
 
 MATCH = Obj(
     lambda methods, path: Match(
-        frozenset(methods) if methods else None, path, compile_glob(path) if path else None
+        frozenset(methods) if methods else None, path, Glob(path) if path else None
     ),
     {
         "methods": Field(ListOf(Str(enum=HTTP_METHODS), min_items=1)),

@@ -140,7 +140,7 @@ def invalidations(rules: Sequence[CacheRule], method: str, path: str, status: in
     if method not in WRITE_METHODS or not 200 <= status < 300 or any(r.applies(method, path) for r in rules):
         return {}
     bumps: dict[str, float] = {}
-    covering = [r.ttl + r.stale_if_error for r in rules if r.match.pattern is None or r.match.pattern.fullmatch(path or "/")]
+    covering = [r.ttl + r.stale_if_error for r in rules if r.match.pattern is None or r.match.pattern.fits(path or "/")]
     if covering:
         bumps[path_generation(path)] = max(covering) + GENERATION_MARGIN
     for rule in rules:

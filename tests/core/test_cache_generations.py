@@ -11,11 +11,11 @@ from gateway.core.cache import (
     path_generation,
     rule_generation,
 )
-from gateway.core.routing import compile_glob
+from gateway.core.routing import Glob
 
 
 def match(path: str | None = None, *methods: str) -> Match:
-    return Match(frozenset(methods) if methods else None, path, compile_glob(path) if path else None)
+    return Match(frozenset(methods) if methods else None, path, Glob(path) if path else None)
 
 
 def rule(path: str, *invalidated_by: Match, methods: tuple[str, ...] = ("GET",), ttl: float = 600, stale: float = 3600) -> CacheRule:
