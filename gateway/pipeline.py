@@ -38,7 +38,7 @@ from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.breaker import is_failure
 from gateway.core.cache import Entry, entry_for, storable
-from gateway.core.headers import caller_only, hop_by_hop, parse_retry_after
+from gateway.core.headers import POINTERS, caller_only, hop_by_hop, into_gateway, parse_retry_after
 from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
 from gateway.credentials import CredentialProvider
 from gateway.deadletters import ERROR_EXCERPT, KEPT_GATEWAY_STATUSES, WRITES, DeadLetter
@@ -304,7 +304,7 @@ class Pipeline:
             await share(None)
             return await self.answer(ex, request, policy, out, upstream, body)
         upstream.release()
-        vendor_headers = self.vendor_headers(upstream)
+        vendor_headers = self.vendor_headers(policy, upstream)
         vary = upstream.headers.getall("Vary", [])
         entry = entry_for(
             upstream.status, upstream.reason or "", list(vendor_headers.items()), body,
@@ -358,7 +358,7 @@ class Pipeline:
             return await self.answer(ex, request, policy, out, upstream, head, kept=True)
         upstream.release()
         return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=head
+            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, policy, upstream), body=head
         )
 
     async def replay(self, entry: DeadLetter) -> Delivery:
@@ -491,17 +491,21 @@ class Pipeline:
             await self.sleep(delay)
 
     @staticmethod
-    def vendor_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        """The vendor's answer headers that go to the caller."""
+    def vendor_headers(policy: Policy, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        """The vendor's answer headers as they go to the caller (and into the cache): its
+        references to itself point into the gateway."""
         dropped = hop_by_hop(upstream.headers.getall("Connection", ()))
-        return CIMultiDict(
-            (name, value)
-            for name, value in upstream.headers.items()
-            if name.lower() not in dropped and not _CONTROL.search(value)  # unsendable: dropped
-        )
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in upstream.headers.items():
+            if name.lower() in dropped or _CONTROL.search(value):  # unsendable: dropped
+                continue
+            if name.lower() in POINTERS:
+                value = into_gateway(value, policy.upstream.origin, policy.upstream.base_path, f"/{policy.vendor}")
+            headers.add(name, value)
+        return headers
 
-    def answer_headers(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        return self.our_headers(ex, self.vendor_headers(upstream))
+    def answer_headers(self, ex: Exchange, policy: Policy, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        return self.our_headers(ex, self.vendor_headers(policy, upstream))
 
     @staticmethod
     def our_headers(ex: Exchange, headers: CIMultiDict[str]) -> CIMultiDict[str]:
@@ -521,7 +525,7 @@ class Pipeline:
         """Stream the vendor's answer to the caller (``head``: its first bytes, read already;
         ``kept``: the request is a dead letter already); nothing is retried once bytes went out."""
         streamed = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream)
+            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, policy, upstream)
         )
         length = upstream.content_length
         small = length is not None and length <= _CHUNK and not head
