@@ -1,6 +1,122 @@
-"""Answers as the caller sees them: the vendor's references to itself point back into the gateway."""
+"""Answers as the caller sees them: streamed as the vendor's bytes arrive, whatever their
+size or route, and the vendor's references to itself pointing back into the gateway."""
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
 
 from tests.mock_vendor import answer
+
+# Only a deadline for a hang: the vendor holds the rest of its answer until the test lets
+# it go, so a gateway that held the answer would never show its first bytes at all.
+GENEROUS = 30.0
+ADMIN = {"X-Gateway-Admin-Key": "admin-key-1"}
+ADMIN_ENV = {"ADMIN": "admin-key-1"}
+
+
+def dripped(release: asyncio.Event, status: int = 200, with_length: bool = True):
+    """A 50-byte answer: 5 bytes at once, the other 45 one by one once ``release`` is set."""
+
+    async def respond(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(status=status, headers={"Content-Type": "text/plain"})
+        if with_length:
+            out.content_length = 50
+        await out.prepare(request)
+        await out.write(b"a" * 5)
+        await release.wait()
+        for _ in range(45):
+            await out.write(b"b")
+            await asyncio.sleep(0)
+        await out.write_eof()
+        return out
+
+    return respond
+
+
+async def first_bytes_then_rest(client, method: str, path: str, release: asyncio.Event) -> tuple[int, bytes, bytes]:
+    """The status, the first bytes that reached the caller before the vendor was let go, and the rest."""
+    try:
+        async with client.request(method, path, data=b"{}" if method != "GET" else None) as response:
+            first = await asyncio.wait_for(response.content.readany(), GENEROUS)
+            release.set()
+            rest = await asyncio.wait_for(response.content.read(), GENEROUS)
+            return response.status, first, rest
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "chunked"])
+async def test_a_dripped_answer_reaches_the_caller_before_the_vendor_sends_the_rest(gateway, vendor, with_length):
+    release = asyncio.Event()
+    vendor.script(dripped(release, with_length=with_length))
+    client = await gateway({"vendor": "v", "upstream": vendor.url})
+    status, first, rest = await first_bytes_then_rest(client, "GET", "/v/drip", release)
+    assert status == 200 and first == b"aaaaa" and first + rest == b"a" * 5 + b"b" * 45
+
+
+async def test_a_long_polls_head_reaches_the_caller_before_any_of_its_body(gateway, vendor):
+    release = asyncio.Event()
+
+    async def long_poll(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"X-Poll": "open"})
+        out.content_length = 2
+        await out.prepare(request)
+        await release.wait()
+        await out.write(b"{}")
+        return out
+
+    vendor.script(long_poll)
+    client = await gateway({"vendor": "v", "upstream": vendor.url})
+    try:
+        async with await asyncio.wait_for(client.get("/v/events"), GENEROUS) as response:
+            assert response.status == 200 and response.headers["X-Poll"] == "open"
+            release.set()
+            assert await asyncio.wait_for(response.read(), GENEROUS) == b"{}"
+    finally:
+        release.set()
+
+
+async def test_a_cacheable_answer_streams_and_is_stored_once_complete(gateway, vendor):
+    release = asyncio.Event()
+    vendor.script(dripped(release))
+    client = await gateway({"vendor": "v", "upstream": vendor.url, "cache": [{"match": {"path": "/drip"}, "ttl": "1h"}]})
+    status, first, rest = await first_bytes_then_rest(client, "GET", "/v/drip", release)
+    assert status == 200 and first == b"aaaaa"
+    hit = await client.get("/v/drip")
+    assert hit.headers["X-Gateway-Cache"] == "HIT" and await hit.read() == first + rest
+    assert len(vendor.received) == 1
+
+
+async def test_a_failed_writes_answer_streams_and_is_kept_before_it_ends(gateway, vendor):
+    release = asyncio.Event()
+    vendor.script(dripped(release, status=500))
+    client = await gateway({"vendor": "v", "upstream": vendor.url, "dead_letter": True},
+                           config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+    status, first, rest = await first_bytes_then_rest(client, "POST", "/v/orders", release)
+    assert status == 500 and first == b"aaaaa"
+    [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
+    assert entry["error"] == "upstream 500: " + (first + rest).decode()
+
+
+async def test_a_caller_leaving_a_failed_writes_streaming_answer_leaves_it_kept(gateway, vendor):
+    release = asyncio.Event()
+    vendor.script(dripped(release, status=503))
+    client = await gateway({"vendor": "v", "upstream": vendor.url, "dead_letter": True},
+                           config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+    try:
+        async with client.post("/v/orders", data=b"{}") as response:
+            assert await asyncio.wait_for(response.content.readany(), GENEROUS) == b"aaaaa"
+            response.close()
+        deadline = asyncio.get_running_loop().time() + GENEROUS
+        while not (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]:
+            assert asyncio.get_running_loop().time() < deadline, "the write was never kept"
+            await asyncio.sleep(0.05)
+    finally:
+        release.set()
+    [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
+    assert (entry["method"], entry["status"]) == ("POST", 503) and entry["error"].startswith("upstream 503: aaaaa")
 
 
 async def test_redirects_into_the_upstream_come_back_through_the_gateway(gateway, vendor):
