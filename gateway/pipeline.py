@@ -6,7 +6,7 @@
               wait for one fetch
 4. attempts   per attempt: budget, breaker, credential, send, classify, back off
 5. store      keep a cacheable answer; keep a failed write as a dead letter
-6. answer     stream the vendor's answer with our headers added
+6. answer     stream the vendor's answer with our headers added, as its bytes arrive
 
 Cheap steps come first, so what costs money (budget, upstream calls) is spent last.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import random
 import re
@@ -28,7 +29,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.body import REPLAY_LIMIT, RequestBody, read_body
+from gateway.body import RequestBody, read_body
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets, Charged, max_wait
 from gateway.cache import FetchLock, Flight, Lookup, ResponseCache, Shared
@@ -38,7 +39,7 @@ from gateway.config.model import HTTP_METHODS, Caller, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.breaker import is_failure
 from gateway.core.cache import Entry, entry_for, storable
-from gateway.core.headers import caller_only, hop_by_hop, parse_retry_after
+from gateway.core.headers import POINTERS, caller_only, hop_by_hop, into_gateway, parse_retry_after
 from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
 from gateway.credentials import CredentialProvider
 from gateway.deadletters import ERROR_EXCERPT, KEPT_GATEWAY_STATUSES, WRITES, DeadLetter
@@ -54,7 +55,8 @@ from gateway.errors import (
 )
 from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
-from gateway.upstream import AnswerBroke, AttemptFailed, UpstreamClients, read_answer
+from gateway.taps import Copy, Excerpt, Tap
+from gateway.upstream import AnswerBroke, AttemptFailed, UpstreamClients, arrived_whole, read_answer
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -282,41 +284,31 @@ class Pipeline:
             upstream.close()
             await share(("STALE", stale))
             return self.serve_stale(ex, request, policy, stale)
-        limit = lookup.rule.max_size
         if self.keeps(policy, out, upstream.status, by_gateway=False):
             await share(None)
             return await self.answer_and_keep(ex, request, policy, out, upstream)
+        limit = lookup.rule.max_size
         if upstream.content_length is not None and upstream.content_length > limit:
             await share(None)
             return await self.answer(ex, request, policy, out, upstream)  # too large to keep: streamed
-        try:
-            body = await read_answer(upstream, limit)
-        except AnswerBroke as broke:
-            upstream.close()
-            await self.keep_broken(ex, policy, out, upstream.status, broke)
-            if stale is not None:
-                await share(("STALE", stale))
-                return self.serve_stale(ex, request, policy, stale)
-            unavailable = broke_off(ex.vendor, broke)
-            await share(unavailable)
-            raise unavailable from None
-        if len(body) > limit:
-            await share(None)
-            return await self.answer(ex, request, policy, out, upstream, body)
-        upstream.release()
-        vendor_headers = self.vendor_headers(upstream)
-        vary = upstream.headers.getall("Vary", [])
-        entry = entry_for(
-            upstream.status, upstream.reason or "", list(vendor_headers.items()), body,
-            lookup.headers, vary, time.time(), lookup.rule.ttl, lookup.rule.stale_if_error,
-        )
-        if storable(upstream.status, upstream.headers.getall("Cache-Control", []), vary):
-            await self.cache.store(lookup, entry)
-        # Those waiting get this answer whether or not it is stored: it is the vendor's
-        # answer to the same request at the same moment.
-        await share(("MISS", entry))
-        headers = self.our_headers(ex, vendor_headers)
-        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+
+        async def store(body: bytes) -> None:
+            vary = upstream.headers.getall("Vary", [])
+            entry = entry_for(
+                upstream.status, upstream.reason or "", list(self.vendor_headers(policy, upstream).items()), body,
+                lookup.headers, vary, time.time(), lookup.rule.ttl, lookup.rule.stale_if_error,
+            )
+            if storable(upstream.status, upstream.headers.getall("Cache-Control", []), vary):
+                await self.cache.store(lookup, entry)
+            # Those waiting get this answer whether or not it is stored: it is the vendor's
+            # answer to the same request at the same moment.
+            await share(("MISS", entry))
+
+        async def broke(cut: AnswerBroke) -> None:
+            await self.keep_broken(ex, policy, out, upstream.status, cut)
+            await share(("STALE", stale) if stale is not None else broke_off(ex.vendor, cut))
+
+        return await self.answer(ex, request, policy, out, upstream, Copy(broke, limit, store, lambda: share(None)))
 
     def serve_stale(self, ex: Exchange, request: web.Request, policy: Policy, stale: Entry) -> web.Response:
         log.warning("%s: every attempt failed; serving a stale stored answer", policy.vendor,
@@ -346,20 +338,14 @@ class Pipeline:
     async def answer_and_keep(
         self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
-        """A failed write: keep it, with an excerpt of the vendor's error, then answer."""
-        try:
-            head = await read_answer(upstream, REPLAY_LIMIT)
-        except AnswerBroke as broke:
-            upstream.close()
-            await self.keep_broken(ex, policy, out, upstream.status, broke)
-            raise broke_off(ex.vendor, broke) from None
-        await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, head))
-        if len(head) > REPLAY_LIMIT:  # a long error answer: the rest streams behind what was read
-            return await self.answer(ex, request, policy, out, upstream, head, kept=True)
-        upstream.release()
-        return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream), body=head
-        )
+        """A failed write: it is kept, with an excerpt of the vendor's error, before the
+        caller can have the whole answer."""
+
+        async def keep(head: bytes) -> None:
+            await self.dead_letters.keep(ex, out, upstream.status, _describe(upstream.status, head))
+
+        broke = functools.partial(self.keep_broken, ex, policy, out, upstream.status)
+        return await self.answer(ex, request, policy, out, upstream, Excerpt(broke, keep, ERROR_EXCERPT))
 
     async def replay(self, entry: DeadLetter) -> Delivery:
         """Send a dead letter again through the attempts, with today's credentials."""
@@ -491,17 +477,18 @@ class Pipeline:
             await self.sleep(delay)
 
     @staticmethod
-    def vendor_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        """The vendor's answer headers that go to the caller."""
+    def vendor_headers(policy: Policy, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        """The vendor's answer headers as they go to the caller (and into the cache): its
+        references to itself point into the gateway."""
         dropped = hop_by_hop(upstream.headers.getall("Connection", ()))
-        return CIMultiDict(
-            (name, value)
-            for name, value in upstream.headers.items()
-            if name.lower() not in dropped and not _CONTROL.search(value)  # unsendable: dropped
-        )
-
-    def answer_headers(self, ex: Exchange, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        return self.our_headers(ex, self.vendor_headers(upstream))
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in upstream.headers.items():
+            if name.lower() in dropped or _CONTROL.search(value):  # unsendable: dropped
+                continue
+            if name.lower() in POINTERS:
+                value = into_gateway(value, policy.upstream.origin, policy.upstream.base_path, f"/{policy.vendor}")
+            headers.add(name, value)
+        return headers
 
     @staticmethod
     def our_headers(ex: Exchange, headers: CIMultiDict[str]) -> CIMultiDict[str]:
@@ -516,50 +503,52 @@ class Pipeline:
 
     async def answer(
         self, ex: Exchange, request: web.Request, policy: Policy, out: Outgoing, upstream: aiohttp.ClientResponse,
-        head: bytes = b"", *, kept: bool = False,
+        tap: Tap | None = None,
     ) -> web.StreamResponse:
-        """Stream the vendor's answer to the caller (``head``: its first bytes, read already;
-        ``kept``: the request is a dead letter already); nothing is retried once bytes went out."""
-        streamed = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=self.answer_headers(ex, upstream)
-        )
+        """The vendor's answer to the caller as its bytes arrive, in one write when all of
+        its body came with its head; ``tap`` sees them on the way (by default a write whose
+        answer breaks off is kept). Nothing is retried once bytes went out."""
+        if tap is None:
+            tap = Tap(functools.partial(self.keep_broken, ex, policy, out, upstream.status))
+        headers = self.our_headers(ex, self.vendor_headers(policy, upstream))
+        whole = arrived_whole(upstream)
+        if whole is not None:
+            upstream.release()
+            await tap.seen(whole, True)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=whole)
+        streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         length = upstream.content_length
-        small = length is not None and length <= _CHUNK and not head
-        if small and request.method != "HEAD" and upstream.status not in (204, 304):
-            # A small answer goes out whole: one write instead of headers, body and end.
-            try:
-                body = await read_answer(upstream, _CHUNK)
-            except AnswerBroke as broke:
-                if not kept:
-                    await self.keep_broken(ex, policy, out, upstream.status, broke)
-                raise broke_off(ex.vendor, broke) from None
-            finally:
-                upstream.release()
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=streamed.headers, body=body)
-        received = len(head)
+        received = 0
         try:
-            await streamed.prepare(request)
-            if head:
-                await streamed.write(head)
+            await streamed.prepare(request)  # the head goes out now: a long poll's caller sees it at once
+            ended = False
             async for chunk in upstream.content.iter_chunked(_CHUNK):
                 received += len(chunk)
+                ended = received == length
+                await tap.seen(chunk, ended)
                 await streamed.write(chunk)
+            if not ended:
+                await tap.seen(b"", True)
             await streamed.write_eof()
         except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if ex.gone():
                 ex.left = True
+                await tap.left()
             else:
                 # Headers are gone already: all we can do is cut the caller's connection so a
                 # truncated body is seen as one (missing bytes or missing last chunk).
                 cut = AnswerBroke(received, length, exc)
                 log.warning("%s: the vendor's %s", ex.vendor, cut, extra={"request_id": ex.request_id})
                 streamed[GATEWAY_ERROR] = broke_off(ex.vendor, cut)
-                if not kept:
-                    # Before the cut: a server that cancels the handlers of closed
-                    # connections would cancel the keeping too.
-                    await self.keep_broken(ex, policy, out, upstream.status, cut)
+                # Before the cut: a server that cancels the handlers of closed connections
+                # would cancel the keeping too.
+                await tap.broke(cut)
                 if request.transport is not None:
                     request.transport.close()
+        except asyncio.CancelledError:
+            # A server that cancels the handler of a caller that left: a kept write is kept still.
+            await asyncio.shield(tap.left())
+            raise
         finally:
             upstream.close()
         return streamed

@@ -96,6 +96,15 @@ class AnswerBroke(Exception):
         super().__init__(f"answer {'stalled' if self.stalled else 'broke off'} after {got}{of} bytes")
 
 
+def arrived_whole(upstream: aiohttp.ClientResponse) -> bytes | None:
+    """The answer's body when all of it came with its head (nothing left to wait for),
+    else None: then it is to be read as it arrives."""
+    content = upstream.content
+    if not content.is_eof() or content.exception() is not None:
+        return None
+    return content.read_nowait()
+
+
 async def read_answer(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
     """The answer's body up to ``limit`` bytes, or a little more when it is longer.
     Raises AnswerBroke."""

@@ -290,10 +290,10 @@ async def test_a_write_whose_answer_breaks_off_is_kept(gateway, status, reset):
     async with server:
         client = await gateway({"vendor": "v", "upstream": url, "dead_letter": True},
                                config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
-        response = await client.post("/v/orders", data=b'{"n": 1}')
-        problem = await response.json()
-        assert response.status == 502 and problem["type"] == "upstream-unavailable"
-        assert problem["detail"] == "v's answer broke off after 100 of 1000 bytes"
+        async with client.post("/v/orders", data=b'{"n": 1}') as response:
+            assert response.status == status  # the answer streams: its head went out first
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
         [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
     # The vendor's status is kept: a 201 may have been done, and replaying it would do it twice.
     assert (entry["method"], entry["status"]) == ("POST", status)
@@ -322,5 +322,7 @@ async def test_a_read_whose_answer_breaks_off_is_not_kept(gateway):
     async with server:
         client = await gateway({"vendor": "v", "upstream": url, "dead_letter": True},
                                config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
-        assert (await client.get("/v/orders/1")).status == 502
+        async with client.get("/v/orders/1") as response:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
         assert (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"] == []

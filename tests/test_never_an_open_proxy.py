@@ -42,7 +42,6 @@ ATTACKS = [
     "//{target}/x",
     "/v//{target}/x",
     "/v/%2f%2f{target}/x",
-    "/v/@{target}/x",
     "/v/x\\@{target}",
     "/v/%5c%5c{target}",
     "/v/x%00@{target}",
@@ -58,6 +57,21 @@ async def test_path_tricks_get_400_and_reach_nothing(gateway, vendor, internal, 
         data = await raw_request(client, f"GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
         assert data.startswith(b"HTTP/1.1 400 Bad Request"), path
     assert internal.hits == 0 and vendor.received == []
+
+
+@pytest.mark.parametrize("trick", ["/v/@{target}/x", "/v/x@{target}/y", "/v/@{target}", "/v/a@b@{target}/c"])
+async def test_an_at_sign_in_the_path_goes_to_the_configured_upstream_only(gateway, vendor, internal, trick):
+    """A raw '@' is a path character: forwarded as sent, it can never become userinfo."""
+    client = await gateway({"vendor": "v", "upstream": vendor.url})
+    for target in internal.targets:
+        path = trick.format(target=target)
+        data = await raw_request(client, f"GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
+        assert data.startswith(b"HTTP/1.1 200 OK"), path
+        assert vendor.last.raw_path == path.removeprefix("/v")
+    for path in ("/v/@evil.example/x", "/v/x@127.0.0.2:1/y"):
+        assert (await client.get(path)).status == 200
+        assert vendor.last.raw_path == path.removeprefix("/v")
+    assert internal.hits == 0 and len(vendor.received) == len(internal.targets) + 2
 
 
 async def test_absolute_form_targets_get_400(gateway, vendor, internal):

@@ -112,6 +112,15 @@ async def test_redirects_go_back_to_the_caller_unfollowed(gateway, vendor):
     assert len(vendor.received) == 1
 
 
+async def test_every_path_character_reaches_the_vendor_byte_for_byte(gateway, vendor):
+    client = await gateway(policy(vendor))
+    path = "/sobjects/Contact/Email__c/ann@example.com/a%40b@c;p=1,2:3!$&'()*+=~-._%2F%25"
+    data = await raw_request(client, f"PATCH /v{path}?q=@x%20 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                                     f"Connection: close\r\n\r\n{{}}".encode())
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert (vendor.last.method, vendor.last.raw_path) == ("PATCH", f"{path}?q=@x%20")
+
+
 async def test_head_and_no_content_answers(gateway, vendor):
     vendor.script(answer(200, b"", {"Content-Length": "1234"}), answer(204))
     client = await gateway(policy(vendor))

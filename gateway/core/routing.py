@@ -3,7 +3,9 @@ globs that policies use to match paths.
 
 The gateway must never become an open proxy: the upstream URL is built only from the
 policy's origin and base path plus a path that has been checked here, in raw form and
-after percent-decoding (repeatedly, since some servers decode twice).
+after percent-decoding (repeatedly, since some servers decode twice). A raw ``@`` is a
+path character (RFC 3986 pchar: SDKs put e-mail addresses there) and passes: after the
+origin's authority and a path that begins with ``/``, it can never be read as userinfo.
 """
 
 from __future__ import annotations
@@ -48,12 +50,9 @@ def parse_target(raw_target: str) -> Target | None:
 
 
 def check_path(raw_path: str) -> None:
-    """Refuse traversal, empty segments, a raw '@', backslashes and control characters."""
+    """Refuse traversal, empty segments, backslashes and control characters."""
     if any(ord(c) > 0x7E for c in raw_path):
         raise UnsafeTarget("path must be ASCII (percent-encode other characters)")
-    if "@" in raw_path:
-        # Only the raw form: an e-mail address in a lookup path travels as %40.
-        raise UnsafeTarget("path must not contain '@' (percent-encode it as %40)")
     text = raw_path
     for _ in range(_MAX_DECODES + 1):
         _check_form(text)

@@ -1,4 +1,5 @@
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,7 +32,6 @@ def test_first_segment_that_is_no_vendor_name_is_not_routed():
         "/v/a%2f..%2fb",
         "/v//evil.example",
         "/v/%2F%2Fevil.example",
-        "/v/@evil.example",
         "/v/a\\b",
         "/v/a%5cb",
         "/v/a%00b",
@@ -48,8 +48,16 @@ def test_unsafe_targets_are_refused(target):
         parse_target(target)
 
 
-def test_an_encoded_at_sign_passes_for_email_lookups():
+def test_an_at_sign_passes_raw_or_encoded_for_email_lookups():
     assert parse_target("/v/contacts/a%40b.com").path == "/contacts/a%40b.com"
+    assert parse_target("/v/sobjects/Contact/Email__c/ann@example.com").path == "/sobjects/Contact/Email__c/ann@example.com"
+
+
+@pytest.mark.parametrize("path", ["/@evil.example/x", "/x@127.0.0.2:1/y", "/a@b@c", "/@"])
+def test_an_at_sign_never_moves_the_upstream_url_off_the_policy_origin(path):
+    url = upstream_url("https://api.example.com", "", parse_target("/v" + path))
+    assert url == "https://api.example.com" + path
+    assert urlsplit(url).hostname == "api.example.com" and urlsplit(url).port is None
 
 
 def test_upstream_url_uses_only_the_policy_origin_and_base_path():
