@@ -23,11 +23,12 @@ HOP_BY_HOP = frozenset(
 )
 
 # Headers meant for the gateway itself, or that the client library sets for the
-# upstream connection, or that describe the callers' own network (Forwarded and every
-# X-Forwarded-*: a third-party vendor must not learn internal hosts and addresses):
-# never copied from the caller's request.
+# upstream connection, or that describe the callers' own network (Forwarded, every
+# X-Forwarded-*, and the client-address headers of nginx and CDNs: a third-party vendor
+# must not learn internal hosts and addresses): never copied from the caller's request.
 CALLER_ONLY = frozenset(
-    {"host", "content-length", "expect", "authorization", "x-gateway-key", "x-gateway-max-wait", "forwarded"}
+    {"host", "content-length", "expect", "authorization", "x-gateway-key", "x-gateway-max-wait", "forwarded",
+     "x-real-ip", "true-client-ip", "x-client-ip"}
 )
 _CALLER_ONLY_PREFIX = "x-forwarded-"
 

@@ -19,7 +19,7 @@ def test_retry_after_in_seconds_and_as_http_date():
 
 def test_forwarding_headers_and_the_gateways_own_stay_with_the_gateway():
     for name in ("Forwarded", "X-Forwarded-For", "x-forwarded-host", "X-FORWARDED-PROTO", "X-Forwarded-Port",
-                 "Authorization", "X-Gateway-Key", "Host"):
+                 "X-Real-IP", "True-Client-IP", "X-Client-IP", "Authorization", "X-Gateway-Key", "Host"):
         assert caller_only(name), name
     for name in ("X-Forwarded", "Accept", "X-Request-Id", "Idempotency-Key"):
         assert not caller_only(name), name
