@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from multidict import CIMultiDictProxy
 
 from gateway.config.model import Caller
-from gateway.config.spec import Secret
+from gateway.config.secrets import Secret
 from gateway.errors import Forbidden, Unauthenticated
 
 ANONYMOUS = Caller(name="anonymous", key=Secret("", "anonymous"), vendors=None, priority="normal")

@@ -22,6 +22,7 @@ The hierarchy::
     └── UpstreamTimeout               504 upstream-timeout
 
     ConfigError                       invalid configuration; carries every Problem found
+                                      (gateway.config.problems, re-exported here)
     StorageError                      a storage backend failed; the pipeline picks the fallback
 
 Each GatewayError knows its status and problem type and renders itself as an RFC 9457
@@ -31,9 +32,10 @@ Each GatewayError knows its status and problem type and renders itself as an RFC
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+# The config's own errors, re-exported so that every error is found here.
+from gateway.config.problems import ConfigError as ConfigError, Problem as Problem
 
 
 class GatewayError(Exception):
@@ -193,25 +195,6 @@ class UpstreamTimeout(GatewayError):
     status = 504
     type = "upstream-timeout"
     title = "Vendor timed out"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One configuration problem, printed as ``FILE:LINE: FIELD: message``."""
-
-    file: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = list(problems)
 
 
 class StorageError(Exception):

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from multidict import CIMultiDict
 
 from gateway.config.model import OAuth2
-from gateway.config.spec import Secret
+from gateway.config.secrets import Secret
 from gateway.core.tokens import TokenRecord
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics

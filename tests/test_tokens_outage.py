@@ -16,7 +16,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config.model import OAuth2
-from gateway.config.spec import Secret
+from gateway.config.secrets import Secret
 from gateway.core.tokens import RECOVERY_GRACE, TokenRecord
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics

@@ -15,7 +15,7 @@ from gateway.config.files import Unreadable, read_limited
 from gateway.config.model import CONFIG, POLICY, Config, Policy
 from gateway.config.spec import INVALID, Context, Spec, field_name
 from gateway.config.yamlread import LineDict, YamlProblem, decode, read_yaml
-from gateway.errors import ConfigError, Problem
+from gateway.config.problems import ConfigError, Problem
 
 # A config or policy file longer than this is no config (PyYAML reads ~50 KB a second).
 MAX_FILE = 256 * 1024

@@ -13,6 +13,8 @@ import ipaddress
 import re
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from gateway.config.spec import Str
+
 _HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _BROKEN_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DATABASE = re.compile(r"/?|/[0-9]{1,5}")
@@ -116,3 +118,7 @@ def _shown(value: str) -> str:
     """The URL as a problem may show it: a password hidden, and cut short."""
     text = repr(re.sub(r"(?<=//)[^/?#]*@", "***@", value))
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# The spec of a field that holds a vendor's URL (an upstream, a token endpoint).
+URL = Str(check=check_http_url, refs=True)

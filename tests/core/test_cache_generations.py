@@ -11,7 +11,7 @@ from gateway.core.cache import (
     path_generation,
     rule_generation,
 )
-from gateway.core.routing import Glob
+from gateway.config.paths import Glob
 
 
 def match(path: str | None = None, *methods: str) -> Match:

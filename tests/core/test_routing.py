@@ -3,7 +3,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gateway.core.routing import Glob, Target, UnsafeTarget, parse_target, upstream_url
+from gateway.config.paths import Glob
+from gateway.core.routing import Target, UnsafeTarget, parse_target, upstream_url
 
 
 def test_vendor_path_and_query_are_split_without_decoding():
