@@ -10,7 +10,6 @@ origin's authority and a path that begins with ``/``, it can never be read as us
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
