@@ -22,8 +22,8 @@ from gateway.errors import (
     StorageError,
     Unauthenticated,
 )
-from gateway.pipeline import problem_response
-from gateway.state import PIPELINE, SETTINGS, STORAGE
+from gateway.answers import problem_response
+from gateway.state import DEAD_LETTERS, PIPELINE, SETTINGS, STORAGE
 from gateway.storage import Storage
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -49,8 +49,6 @@ def _admin(handler: Handler) -> Handler:
             return problem_response(err, uuid.uuid4().hex)
 
     return checked
-
-
 
 
 def _storage(request: web.Request) -> Storage:
@@ -88,7 +86,7 @@ async def delete_dead_letter(request: web.Request) -> web.Response:
     entry = await storage.get_dead_letter(request.match_info["id"])
     if entry is None or not await storage.delete_dead_letter(entry.id):
         raise NotFound(f"no dead letter {request.match_info['id']!r}")
-    await request.app[PIPELINE].dead_letters.count(entry.vendor)
+    await request.app[DEAD_LETTERS].count(entry.vendor)
     return web.Response(status=204)
 
 
@@ -110,7 +108,7 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         result = {"id": entry.id, "status": delivery.status, "attempts": delivery.attempts}
         if delivery.status < 400:
             await storage.delete_dead_letter(entry.id)
-            await pipeline.dead_letters.count(entry.vendor)
+            await request.app[DEAD_LETTERS].count(entry.vendor)
             return web.json_response({**result, "outcome": "delivered"})
         again = entry.failed_again(delivery.status, delivery.error, delivery.attempts, time.time())
         await storage.update_dead_letter(again)

@@ -52,10 +52,16 @@ class QueryCredential(StaticCredential):
         self._pair = f"{quote(name, safe='')}={quote(value, safe='')}"
 
     async def apply(self, headers: CIMultiDict[str], query: str | None) -> str | None:
-        if not query:
-            return self._pair
-        kept = [part for part in query.split("&") if unquote(part.split("=", 1)[0]) != self._name]
-        return "&".join([*kept, self._pair])
+        kept = without_parameter(query, self._name)
+        return f"{kept}&{self._pair}" if kept else self._pair
+
+
+def without_parameter(query: str | None, name: str) -> str | None:
+    """``query`` less every parameter called ``name``, however its name is percent-encoded
+    (what carries an API key must not be forwarded twice, nor kept with a dead letter)."""
+    if not query:
+        return query
+    return "&".join(part for part in query.split("&") if unquote(part.split("=", 1)[0]) != name)
 
 
 def static_provider(credentials: Credentials) -> CredentialProvider | None:

@@ -118,7 +118,8 @@ def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
 async def _serve_until_signal(settings: Settings, sock: socket.socket | None) -> None:
     # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
     # before prometheus_client is first imported.
-    from gateway.server import GatewayRunner, build_app, server_options
+    from gateway.app import build_app, server_options
+    from gateway.server import GatewayRunner
     from gateway.state import DRAINING
 
     stop = asyncio.Event()

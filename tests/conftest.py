@@ -17,7 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config.loader import Overrides, Settings, load_settings
-from gateway.server import GatewayRunner, build_app, server_options
+from gateway.app import build_app, server_options
+from gateway.server import GatewayRunner
 from tests.mock_vendor import MockVendor
 
 REPO = Path(__file__).resolve().parent.parent

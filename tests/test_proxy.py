@@ -239,7 +239,7 @@ async def test_an_unexpected_error_still_answers_problem_json(gateway, vendor):
             raise RuntimeError("bug")
 
     client = await gateway(policy(vendor))
-    client.server.app[PIPELINE].credentials = {"v": Broken()}
+    client.server.app[PIPELINE].attempts.credentials = {"v": Broken()}
     response = await client.get("/v/x")
     assert response.status == 500
     problem = await response.json()

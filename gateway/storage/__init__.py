@@ -15,7 +15,7 @@ from typing import Protocol
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission
 from gateway.core.budget import Adjustment, Charge, Verdict
-from gateway.deadletters import DeadLetter
+from gateway.core.dead_letter import DeadLetter
 from gateway.storage.health import StorageHealth
 from gateway.storage.memory import MemoryStorage
 from gateway.storage.redis import RedisStorage

@@ -18,7 +18,7 @@ from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission, BreakerState
 from gateway.core.budget import Adjustment, BudgetBook, BudgetState, Charge, Verdict, lasts_until
 from gateway.core.cache import next_generation
-from gateway.deadletters import DeadLetter
+from gateway.core.dead_letter import DeadLetter
 from gateway.storage.durable import LocalStore
 from gateway.storage.health import StorageHealth
 from gateway.storage.kept import Section, StateKeeper

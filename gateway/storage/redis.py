@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError, RedisError
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import Admission
 from gateway.core.budget import EPSILON, Adjustment, BudgetState, Charge, Level, Verdict, prune
-from gateway.deadletters import DeadLetter
+from gateway.core.dead_letter import DeadLetter
 from gateway.errors import StorageError
 from gateway.storage.health import StorageHealth
 

@@ -1,0 +1,173 @@
+"""Step 4, the attempts, layered like httpx's ``send -> _send_handling_auth ->
+_send_single_request``:
+
+- ``send``: the retry loop. Attempt until the answer is final (gateway.core.attempts
+  decides), backing off with jitter between attempts and honouring ``Retry-After``.
+- ``_credential_flow``: a static credential is sent once; a token the vendor refuses
+  with a 401 is refreshed and sent once more (once per request, and only when the body
+  can be sent again).
+- ``_admitted_send``: one attempt. Budget first (a half-open breaker's one probe must
+  never wait for budget), then the breaker, the credential, the send; what the answer
+  says is recorded for the budgets, the breaker and the metrics. An attempt that never
+  reached the vendor gives its charge back.
+
+The answer's body is not read here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import aiohttp
+from multidict import CIMultiDict
+
+from gateway.breakers import CircuitBreakers
+from gateway.budgets import Budgets
+from gateway.config.model import Policy
+from gateway.core.attempts import Outcome, backoff_delay, should_retry
+from gateway.core.breaker import is_failure
+from gateway.core.headers import parse_retry_after
+from gateway.core.routing import upstream_url
+from gateway.credentials import CredentialProvider
+from gateway.errors import CircuitOpen, GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import Metrics
+from gateway.request import RequestContext, UpstreamRequest
+from gateway.upstream import AttemptFailed, UpstreamClients
+
+log = logging.getLogger("gateway.pipeline")
+
+
+@dataclass(frozen=True)
+class Tried:
+    """What one attempt came to: the vendor's answer (None when there was none) and why."""
+
+    answer: aiohttp.ClientResponse | None
+    outcome: Outcome
+    reason: str
+    headers: CIMultiDict[str]  # as sent, the credential included
+
+
+class Attempts:
+    def __init__(
+        self,
+        clients: UpstreamClients,
+        credentials: Mapping[str, CredentialProvider],
+        breakers: CircuitBreakers,
+        budgets: Budgets,
+        metrics: Metrics,
+    ) -> None:
+        self.clients = clients
+        self.credentials = credentials
+        self._breakers = breakers
+        self._budgets = budgets
+        self._metrics = metrics
+
+    async def send(self, ctx: RequestContext, policy: Policy, out: UpstreamRequest) -> aiohttp.ClientResponse:
+        """Attempt until an answer is final; our error when there is none."""
+        credential = self.credentials[policy.vendor]
+        may_renew = True
+        while True:
+            tried, renewed = await self._credential_flow(ctx, policy, out, credential, may_renew)
+            may_renew = may_renew and not renewed
+            outcome = tried.outcome
+            if not should_retry(
+                policy.retry,
+                ctx.attempts,
+                outcome,
+                method=out.method,
+                idempotency_key=out.idempotency_key,
+                replayable=out.body.replayable,
+            ):
+                if tried.answer is not None:
+                    return tried.answer
+                raise _failure_error(policy, outcome, tried.reason, ctx.attempts)
+            if tried.answer is not None:
+                tried.answer.close()
+            delay = backoff_delay(policy.retry.backoff, ctx.attempts, random.random(), outcome.retry_after)
+            log.info(
+                "retrying %s %s after %s (attempt %d), in %.2fs",
+                policy.vendor, out.method, tried.reason, ctx.attempts, delay,
+                extra={"request_id": ctx.request_id},
+            )
+            self._metrics.retries.labels(policy.vendor, outcome.label).inc()
+            await asyncio.sleep(delay)
+
+    async def _credential_flow(
+        self, ctx: RequestContext, policy: Policy, out: UpstreamRequest, credential: CredentialProvider,
+        may_renew: bool,
+    ) -> tuple[Tried, bool]:
+        """One attempt, and one more with a fresh token when the vendor no longer takes the
+        one sent; True when this request's one renewal was used."""
+        tried = await self._admitted_send(ctx, policy, out, credential)
+        if not (may_renew and tried.answer is not None and tried.answer.status == 401 and out.body.replayable):
+            return tried, False
+        if await credential.rejected(tried.headers):
+            tried.answer.close()
+            tried = await self._admitted_send(ctx, policy, out, credential)
+        return tried, True
+
+    async def _admitted_send(
+        self, ctx: RequestContext, policy: Policy, out: UpstreamRequest, credential: CredentialProvider
+    ) -> Tried:
+        charged = ctx.charged = self._budgets.charges(policy, out.method, out.target.path, ctx.who)
+        await self._budgets.admit(policy, charged, ctx.max_wait, ctx.gone)
+        admitted = time.monotonic()
+        breaker = policy.circuit_breaker
+        answer: aiohttp.ClientResponse | None = None
+        try:
+            probe = await self._breaker_admits(policy)
+            ctx.attempts += 1
+            headers = out.headers.copy()
+            query = await credential.apply(headers, out.target.query)
+            url = upstream_url(policy.upstream.origin, policy.upstream.base_path, replace(out.target, query=query))
+            started = time.monotonic()
+            answer = await self.clients.send(policy, out.method, url, headers, out.body.payload())
+        except (GatewayError, AttemptFailed) as exc:
+            if not (isinstance(exc, AttemptFailed) and exc.sent):
+                await self._budgets.unused(policy, charged)
+            if not isinstance(exc, AttemptFailed):
+                raise
+            if out.body.failure is not None:
+                raise copy.copy(out.body.failure) from None  # the caller's doing, not the vendor's
+            outcome = Outcome(failure=exc.kind, sent=exc.sent)
+            reason = str(exc)
+        else:
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
+            outcome = Outcome(status=answer.status, retry_after=retry_after)
+            reason = f"status {answer.status}"
+            await self._budgets.learn(policy, charged, answer.status, retry_after, answer.headers)
+        self._metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
+        self._metrics.upstream_duration.labels(policy.vendor).observe(time.monotonic() - started)
+        # From its turn, not its send: a busy process may send a little after the turn.
+        self._budgets.observe(policy.vendor, time.monotonic() - admitted)
+        if breaker is not None:
+            await self._breakers.record(policy.vendor, breaker, is_failure(outcome.status, outcome.failure), probe)
+        return Tried(answer, outcome, reason, headers)
+
+    async def _breaker_admits(self, policy: Policy) -> bool:
+        """Whether this attempt is the half-open breaker's probe; CircuitOpen when it is open."""
+        breaker = policy.circuit_breaker
+        if breaker is None:
+            return False
+        admission = await self._breakers.admit(policy.vendor, breaker)
+        if not admission.allowed:
+            raise CircuitOpen(
+                f"{policy.vendor} is failing; the next probe is in {admission.retry_after:.0f}s",
+                vendor=policy.vendor,
+                retry_after=admission.retry_after,
+            )
+        return admission.probe
+
+
+def _failure_error(policy: Policy, outcome: Outcome, reason: str, attempts: int) -> GatewayError:
+    tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
+    if outcome.failure == "timeout":
+        return UpstreamTimeout(f"{policy.vendor} did not answer in {policy.timeout:g}s {tries}", vendor=policy.vendor)
+    failed = "gave no usable answer" if outcome.sent else "could not be reached"
+    return UpstreamUnavailable(f"{policy.vendor} {failed} {tries}: {reason}", vendor=policy.vendor)
