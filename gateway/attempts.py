@@ -115,8 +115,8 @@ class Attempts:
     async def _admitted_send(
         self, ctx: RequestContext, policy: Policy, out: UpstreamRequest, credential: CredentialProvider
     ) -> Tried:
-        charged = ctx.charged = self._budgets.charges(policy, out.method, out.target.path, ctx.who)
-        await self._budgets.admit(policy, charged, ctx.max_wait, ctx.gone)
+        charged = ctx.charged = self._budgets.charges_for(policy, out.method, out.target.path, ctx.who)
+        await self._budgets.charge(policy, charged, ctx.max_wait, ctx.gone)
         admitted = time.monotonic()
         breaker = policy.circuit_breaker
         answer: aiohttp.ClientResponse | None = None
@@ -130,7 +130,7 @@ class Attempts:
             answer = await self.clients.send(policy, out.method, url, headers, out.body.payload())
         except (GatewayError, AttemptFailed) as exc:
             if not (isinstance(exc, AttemptFailed) and exc.sent):
-                await self._budgets.unused(policy, charged)
+                await self._budgets.give_back(policy, charged)
             if not isinstance(exc, AttemptFailed):
                 raise
             if out.body.failure is not None:
@@ -141,7 +141,7 @@ class Attempts:
             retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
             outcome = Outcome(status=answer.status, retry_after=retry_after)
             reason = f"status {answer.status}"
-            await self._budgets.learn(policy, charged, answer.status, retry_after, answer.headers)
+            await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers)
         self._metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
         self._metrics.upstream_duration.labels(policy.vendor).observe(time.monotonic() - started)
         # From its turn, not its send: a busy process may send a little after the turn.

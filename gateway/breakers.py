@@ -10,7 +10,6 @@ is dropped once storage answers again, so that the next outage starts afresh fro
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import HALF_OPEN, OPEN, STATE_NAMES, Admission, BreakerState
@@ -20,10 +19,9 @@ from gateway.storage import Storage
 
 
 class CircuitBreakers:
-    def __init__(self, storage: Storage, metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, storage: Storage, metrics: Metrics) -> None:
         self._storage = storage
         self._metrics = metrics
-        self._clock = clock
         self._local: dict[str, BreakerState] = {}
         self._opened_until: dict[str, float] = {}  # per vendor: open in storage until then, as last seen
         storage.health.watch(self._storage_changed)
@@ -32,14 +30,14 @@ class CircuitBreakers:
         try:
             state = await self._storage.breaker_state(vendor, config)
         except StorageError:
-            state = self._fallback(vendor).state(self._clock())
+            state = self._fallback(vendor).state(time.time())
         return STATE_NAMES[state]
 
     async def admit(self, vendor: str, config: CircuitBreaker) -> Admission:
         try:
             admission = await self._storage.breaker_admit(vendor, config)
         except StorageError:
-            admission = self._fallback(vendor).admit(config, self._clock())
+            admission = self._fallback(vendor).admit(config, time.time())
         else:
             self._seen(vendor, admission.state, admission.retry_after)
         self._metrics.circuit_state.labels(vendor).set(admission.state)
@@ -49,7 +47,7 @@ class CircuitBreakers:
         try:
             state = await self._storage.breaker_record(vendor, config, failure, probe)
         except StorageError:
-            state = self._fallback(vendor).record(config, self._clock(), failure, probe)
+            state = self._fallback(vendor).record(config, time.time(), failure, probe)
         else:
             if state != OPEN or vendor not in self._opened_until:
                 self._seen(vendor, state, config.open_for)
@@ -57,9 +55,9 @@ class CircuitBreakers:
 
     def _seen(self, vendor: str, state: int, open_for: float) -> None:
         if state == OPEN:
-            self._opened_until[vendor] = self._clock() + open_for
+            self._opened_until[vendor] = time.time() + open_for
         elif state == HALF_OPEN:
-            self._opened_until[vendor] = self._clock()  # past: one probe may go
+            self._opened_until[vendor] = time.time()  # past: one probe may go
         else:
             self._opened_until.pop(vendor, None)
 

@@ -36,7 +36,8 @@ from gateway.core.budget import (
     fixed_window,
     slot_width,
 )
-from gateway.errors import BadRequest, BudgetExhausted, CallerGone, StorageError, StorageUnavailable
+from gateway.budget_headers import MAX_PAUSE, rate_limit_headers, standing, vendor_said
+from gateway.errors import BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.metrics import Metrics
 from gateway.storage import Storage
 from gateway.storage.health import RETRY
@@ -46,8 +47,6 @@ log = logging.getLogger("gateway.budgets")
 
 # How often a waiting request looks whether its caller is still connected (a local check).
 CALLER_CHECK = 0.25
-# Vendor answers said to wait longer than this are taken to say this (a day).
-MAX_PAUSE = 86400.0
 
 
 @dataclass
@@ -125,15 +124,12 @@ class Budgets:
         storage: Storage,
         metrics: Metrics,
         config: Config,
-        *,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._storage = storage
         self._metrics = metrics
         self._on_error = config.on_storage_error
         self._workers = config.workers
-        self._local = LocalBudgets(clock)
+        self._local = LocalBudgets(time.time)
         self._unseen: dict[str, dict[str, _Unseen]] = {}  # per vendor, per budget key
         self._handing: dict[str, asyncio.Lock] = {}
         self._windows: dict[int, tuple[float, float, float]] = {}
@@ -141,12 +137,10 @@ class Budgets:
         self._slowest: dict[str, SlowestAnswer] = {}
         self._last: dict[tuple[str, str], Level] = {}  # levels last read from shared storage
         self._seeded: set[tuple[str, str]] = set()  # fallback budgets started from those
-        self.clock = clock
-        self.sleep = sleep
         storage.health.watch(self._storage_changed)
 
-    def charges(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
-        now = self.clock()
+    def charges_for(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
+        now = time.time()
         budgets = tuple(b for b in policy.budgets if b.match is None or b.match.fits(method, path))
         high = caller.priority == "high"
         slowest = self._slowest.get(policy.vendor)
@@ -154,7 +148,7 @@ class Budgets:
 
     def observe(self, vendor: str, seconds: float) -> None:
         """How long an upstream attempt took to answer (or fail)."""
-        self._slowest.setdefault(vendor, SlowestAnswer()).observe(seconds, self.clock())
+        self._slowest.setdefault(vendor, SlowestAnswer()).observe(seconds, time.time())
 
     def _charge(
         self, budget: Budget, caller: str, high: bool, now: float, slowest: SlowestAnswer | None = None
@@ -188,16 +182,16 @@ class Budgets:
             margin=margin,
         )
 
-    async def admit(self, policy: Policy, charged: Charged, max_wait: float, gone: Callable[[], bool]) -> None:
+    async def charge(self, policy: Policy, charged: Charged, max_wait: float, gone: Callable[[], bool]) -> None:
         """Charge the request, holding it until its reserved time; raises BudgetExhausted when
         that is over ``max_wait`` seconds away, CallerGone when the caller left meanwhile."""
         if not charged.charges:
             return
         vendor = policy.vendor
-        started = self.clock()
+        started = time.time()
         latest, first, waited = started + max_wait, True, False
         while True:
-            allowed = max(0.0, latest - self.clock())
+            allowed = max(0.0, latest - time.time())
             verdict = await self._shared(
                 vendor, lambda store, charges: store.charge_budgets(vendor, charges, allowed), charged
             )
@@ -224,20 +218,20 @@ class Budgets:
                 raise CallerGone("the caller left while waiting for budget", vendor=vendor)
             # A pause learnt while this request slept (an upstream 429) came after its place
             # was given: going now would go early. It gives the place back and asks again.
-            now = self.clock()
+            now = time.time()
             if not any(self._pauses.get((vendor, c.key), 0.0) > now for c in charged.charges):
                 break
             await self.refund(vendor, charged)
-        self._metrics.budget_wait.labels(vendor).observe(self.clock() - started if waited else 0.0)
+        self._metrics.budget_wait.labels(vendor).observe(time.time() - started if waited else 0.0)
         if waited:  # the levels read when it queued are old news: read them as it goes
             now_levels = await self._peek(vendor, charged)
             if now_levels is not None:
                 charged.levels = now_levels.levels
 
     async def _hold(self, wait: float, gone: Callable[[], bool]) -> bool:
-        end = self.clock() + wait
-        while (left := end - self.clock()) > 0:
-            await self.sleep(min(left, CALLER_CHECK))
+        end = time.time() + wait
+        while (left := end - time.time()) > 0:
+            await asyncio.sleep(min(left, CALLER_CHECK))
             if gone():
                 return False
         return True
@@ -253,20 +247,20 @@ class Budgets:
         except StorageError:
             pass  # the place stays taken until its time passes: a waste, nothing worse
 
-    async def learn(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
+    async def follow_answer(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
                     headers: Any) -> None:
         """Apply what the vendor's answer says: a 429 or 503 with Retry-After pauses every
         charged budget; ``follow`` headers lower our counters to the vendor's."""
         if not charged.reserved:
             return
-        said = [_said(budget, status, retry_after, headers, self.clock()) for budget in charged.budgets]
+        said = [vendor_said(budget, status, retry_after, headers, time.time()) for budget in charged.budgets]
         if all(s is None for s in said):
             return
         vendor = policy.vendor
         adjustments = [s or Adjustment() for s in said]
         until = 0.0
         if retry_after is not None and status in (429, 503):
-            until = self.clock() + min(retry_after, MAX_PAUSE)
+            until = time.time() + min(retry_after, MAX_PAUSE)
             for charge in charged.charges:
                 if not charge.shadow:
                     key = (vendor, charge.key)
@@ -289,7 +283,7 @@ class Budgets:
         for budget, lv in zip(charged.budgets, verdict.levels):
             self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
 
-    async def unused(self, policy: Policy, charged: Charged) -> None:
+    async def give_back(self, policy: Policy, charged: Charged) -> None:
         """An attempt that never reached the vendor (breaker open, no credential, connection
         refused) costs nothing: its charge goes back."""
         if charged.reserved:
@@ -310,15 +304,15 @@ class Budgets:
                 "shadow": budget.shadow,
             }
             who = users if budget.key == "caller" else [ANONYMOUS]
-            now = self.clock()
+            now = time.time()
             charged = Charged((budget,) * len(who), tuple(self._charge(budget, c.name, True, now) for c in who))
             verdict = await self._peek(vendor, charged)
             if verdict is None:
                 entry.update(remaining=None, reset=None)
             elif budget.key == "caller":
-                entry["callers"] = {c.name: _standing(lv) for c, lv in zip(who, verdict.levels)}
+                entry["callers"] = {c.name: standing(lv) for c, lv in zip(who, verdict.levels)}
             else:
-                entry.update(_standing(verdict.levels[0]))
+                entry.update(standing(verdict.levels[0]))
             out.append(entry)
         return out
 
@@ -367,7 +361,7 @@ class Budgets:
         """Tell shared storage what the fallback admitted (and the pauses it learnt) while
         storage failed; raises StorageError when it still fails."""
         unseen = list(self._unseen.pop(vendor).values())  # taken first: a concurrent call must not send it too
-        now = self.clock()
+        now = time.time()
         try:
             await self._storage.adjust_budgets(vendor, [u.charge for u in unseen], [u.adjustment(now) for u in unseen])
         except BaseException:  # failed or cancelled: kept for the next call (at worst counted twice)
@@ -402,7 +396,7 @@ class Budgets:
         self._metrics.storage_fallback.set(0 if answering else 1)
         if answering:  # the next outage's fallback starts again from the shared levels
             self._seeded.clear()
-            self._local = LocalBudgets(self.clock)
+            self._local = LocalBudgets(time.time)
 
     def _scaled(self, charges: Sequence[Charge]) -> list[Charge]:
         """The fallback's share of each budget: every process limits alone, so each takes
@@ -431,77 +425,3 @@ class Budgets:
             retry_after=wait,
             extra=charged.headers(),
         )
-
-
-def _said(budget: Budget, status: int, retry_after: float | None, headers: Any, now: float) -> Adjustment | None:
-    pause = min(retry_after, MAX_PAUSE) if retry_after is not None and status in (429, 503) else None
-    remaining = reset = None
-    follow = budget.follow
-    if follow is not None:
-        remaining = _number(headers.get(follow.remaining))
-        if follow.reset is not None:
-            reset = _number(headers.get(follow.reset))
-            if reset is not None and follow.reset_unit == "ms":
-                reset /= 1000
-            elif reset is not None and follow.reset_unit == "epoch":
-                reset -= now
-    if reset is not None:
-        reset = min(reset, MAX_PAUSE)
-    if pause is None and remaining is None:
-        return None
-    return Adjustment(pause=pause, remaining=remaining, reset=reset)
-
-
-def _number(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def max_wait(policy: Policy, header: str | None) -> float:
-    """The budget wait allowed for a request: the policy's, lowered by X-Gateway-Max-Wait."""
-    allowed = policy.when_exhausted.wait
-    if header is None:
-        return allowed
-    asked = _number(header)
-    if asked is None or asked < 0:
-        raise BadRequest(f"X-Gateway-Max-Wait must be a number of seconds, not {header[:40]!r}", vendor=policy.vendor)
-    return min(allowed, asked)
-
-
-def rate_limit_headers(budgets: Sequence[Budget], levels: Sequence[Level]) -> dict[str, str]:
-    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-10) for every
-    enforced budget, and the older RateLimit-Limit/-Remaining/-Reset for the tightest (the
-    one with the fewest requests left). A paused budget has none left until its pause ends
-    (``t`` is the pause left, not the window's reset). Shadow budgets are not shown:
-    callers would pace themselves on a limit the gateway does not apply."""
-    shown = [(b, *_usable(lv)) for b, lv in zip(budgets, levels) if not b.shadow]
-    if not shown:
-        return {}
-    tight, left, reset = min(shown, key=lambda item: (item[1] // item[0].cost, -item[2]))
-    return {
-        "RateLimit-Policy": ", ".join(f'"{b.name}";q={b.limit};w={math.ceil(b.per)}' for b, _, _ in shown),
-        "RateLimit": ", ".join(f'"{b.name}";r={r};t={t}' for b, r, t in shown),
-        "RateLimit-Limit": str(tight.limit),
-        "RateLimit-Remaining": str(left),
-        "RateLimit-Reset": str(reset),
-    }
-
-
-def _usable(level: Level) -> tuple[int, int]:
-    """What a caller may take now, and in how many seconds that changes."""
-    if level.paused_for > 0:
-        return 0, math.ceil(level.paused_for)
-    return level.remaining, math.ceil(level.reset)
-
-
-def _standing(level: Level) -> dict[str, object]:
-    """A budget's level in /_gateway/status: what is left, when it resets, and a pause."""
-    out: dict[str, object] = {"remaining": level.remaining, "reset": round(level.reset, 3)}
-    if level.paused_for > 0:
-        out["paused_for"] = round(level.paused_for, 3)
-    return out

@@ -61,7 +61,7 @@ class Lookup:
     headers: CIMultiDict[str]  # the caller's, for Vary
     generations: tuple[str, str]  # the names of its rule's and its path's
     seen: Generations | None = None  # as the latest read found them; None: not read
-    read_at: float = 0.0  # when that read began (the cache's clock)
+    read_at: float = 0.0  # when that read began (wall clock)
 
 
 # What a fetch gives those waiting for it: an answer and how it is marked (MISS, or STALE
@@ -101,11 +101,10 @@ class FetchLock:
 
 
 class ResponseCache:
-    def __init__(self, storage: Storage, metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, storage: Storage, metrics: Metrics) -> None:
         self._storage = storage
         self._metrics = metrics
         self._flights: dict[str, Flight] = {}
-        self.clock = clock
 
     def lookup(
         self, policy: Policy, method: str, path: str, query: str | None, headers: CIMultiDict[str], body: bytes | None
@@ -124,7 +123,7 @@ class ResponseCache:
     async def read(self, lookup: Lookup) -> Entry | None:
         """The stored answer for this request (fresh or not), if one matches it and no write
         has outdated it; None on a bypass, which reads only the generations."""
-        read_at = self.clock()
+        read_at = time.time()
         try:
             blob, current = await self._storage.cache_get(lookup.key, lookup.vendor, lookup.generations)
         except StorageError as exc:
@@ -140,7 +139,7 @@ class ResponseCache:
     async def store(self, lookup: Lookup, entry: Entry) -> None:
         """Keep an answer under the generations its lookup read, for ``ttl + stale_if_error``
         from that read (so it never outlives the generations that would outdate it)."""
-        seconds = entry.keep_for - (self.clock() - lookup.read_at)
+        seconds = entry.keep_for - (time.time() - lookup.read_at)
         if lookup.seen is None or seconds <= 0:
             return
         try:
@@ -190,7 +189,7 @@ class ResponseCache:
         process holds it, wait for the answer it stores (``FetchLock.entry``), or until the
         lock is free or ``seconds`` have passed (then fetch without it)."""
         lock = FetchLock()
-        deadline = self.clock() + seconds
+        deadline = time.time() + seconds
         try:
             while True:
                 try:
@@ -201,10 +200,10 @@ class ResponseCache:
                     lock._release = functools.partial(self._unlock, lookup, token)
                 # Read after taking the lock too: the fetch that held it may have just stored.
                 entry = await self.read(lookup)
-                if entry is not None and entry.fresh(self.clock()):
+                if entry is not None and entry.fresh(time.time()):
                     lock.entry = entry
                     break
-                if token is not None or self.clock() >= deadline:
+                if token is not None or time.time() >= deadline:
                     break
                 await asyncio.sleep(WAIT_STEP)
             yield lock

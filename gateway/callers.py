@@ -31,10 +31,6 @@ class CallerDirectory:
     def __init__(self, callers: Iterable[Caller]) -> None:
         self._entries = [(digest(c.key.reveal()), c) for c in callers]
 
-    @property
-    def anonymous(self) -> bool:
-        return not self._entries
-
     def identify(self, headers: CIMultiDictProxy[str]) -> Caller:
         if not self._entries:
             return ANONYMOUS

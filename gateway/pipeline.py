@@ -30,7 +30,7 @@ from multidict import CIMultiDict
 from gateway.answers import GATEWAY_ERROR, problem, problem_response, stream
 from gateway.attempts import Attempts
 from gateway.body import RequestBody, read_body
-from gateway.budgets import max_wait
+from gateway.budget_headers import max_wait
 from gateway.cache import ResponseCache
 from gateway.caching import Caching
 from gateway.callers import CallerDirectory

@@ -321,13 +321,12 @@ class Upstream:
     url: str
     origin: str
     base_path: str
-    host: str
 
 
 def _upstream(url: str) -> Upstream:
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}"
-    return Upstream(url=url, origin=origin, base_path=parts.path.rstrip("/"), host=parts.netloc)
+    return Upstream(url=url, origin=origin, base_path=parts.path.rstrip("/"))
 
 
 @dataclass(frozen=True)

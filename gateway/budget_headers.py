@@ -1,0 +1,93 @@
+"""What budgets read from headers and write into them: what a vendor's answer says of a
+budget (Retry-After, the ``follow`` headers), a caller's X-Gateway-Max-Wait, the RateLimit
+headers added to answers, and a budget's standing in /_gateway/status. Pure functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.config.model import Budget, Policy
+from gateway.core.budget import Adjustment, Level
+from gateway.errors import BadRequest
+
+# Vendor answers said to wait longer than this are taken to say this (a day).
+MAX_PAUSE = 86400.0
+
+
+def vendor_said(budget: Budget, status: int, retry_after: float | None, headers: Any, now: float) -> Adjustment | None:
+    """What the vendor's answer says of one budget: a 429 or 503 with Retry-After pauses it,
+    its ``follow`` headers give what is left; None when it says nothing."""
+    pause = min(retry_after, MAX_PAUSE) if retry_after is not None and status in (429, 503) else None
+    remaining = reset = None
+    follow = budget.follow
+    if follow is not None:
+        remaining = _number(headers.get(follow.remaining))
+        if follow.reset is not None:
+            reset = _number(headers.get(follow.reset))
+            if reset is not None and follow.reset_unit == "ms":
+                reset /= 1000
+            elif reset is not None and follow.reset_unit == "epoch":
+                reset -= now
+    if reset is not None:
+        reset = min(reset, MAX_PAUSE)
+    if pause is None and remaining is None:
+        return None
+    return Adjustment(pause=pause, remaining=remaining, reset=reset)
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def max_wait(policy: Policy, header: str | None) -> float:
+    """The budget wait allowed for a request: the policy's, lowered by X-Gateway-Max-Wait."""
+    allowed = policy.when_exhausted.wait
+    if header is None:
+        return allowed
+    asked = _number(header)
+    if asked is None or asked < 0:
+        raise BadRequest(f"X-Gateway-Max-Wait must be a number of seconds, not {header[:40]!r}", vendor=policy.vendor)
+    return min(allowed, asked)
+
+
+def rate_limit_headers(budgets: Sequence[Budget], levels: Sequence[Level]) -> dict[str, str]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-10) for every
+    enforced budget, and the older RateLimit-Limit/-Remaining/-Reset for the tightest (the
+    one with the fewest requests left). A paused budget has none left until its pause ends
+    (``t`` is the pause left, not the window's reset). Shadow budgets are not shown:
+    callers would pace themselves on a limit the gateway does not apply."""
+    shown = [(b, *_usable(lv)) for b, lv in zip(budgets, levels) if not b.shadow]
+    if not shown:
+        return {}
+    tight, left, reset = min(shown, key=lambda item: (item[1] // item[0].cost, -item[2]))
+    return {
+        "RateLimit-Policy": ", ".join(f'"{b.name}";q={b.limit};w={math.ceil(b.per)}' for b, _, _ in shown),
+        "RateLimit": ", ".join(f'"{b.name}";r={r};t={t}' for b, r, t in shown),
+        "RateLimit-Limit": str(tight.limit),
+        "RateLimit-Remaining": str(left),
+        "RateLimit-Reset": str(reset),
+    }
+
+
+def _usable(level: Level) -> tuple[int, int]:
+    """What a caller may take now, and in how many seconds that changes."""
+    if level.paused_for > 0:
+        return 0, math.ceil(level.paused_for)
+    return level.remaining, math.ceil(level.reset)
+
+
+def standing(level: Level) -> dict[str, object]:
+    """A budget's level in /_gateway/status: what is left, when it resets, and a pause."""
+    out: dict[str, object] = {"remaining": level.remaining, "reset": round(level.reset, 3)}
+    if level.paused_for > 0:
+        out["paused_for"] = round(level.paused_for, 3)
+    return out
