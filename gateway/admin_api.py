@@ -24,7 +24,7 @@ from gateway.errors import (
 )
 from gateway.answers import problem_response
 from gateway.state import DEAD_LETTERS, PIPELINE, SETTINGS, STORAGE
-from gateway.storage import Storage
+from gateway.storage import DeadLetterStore
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -51,7 +51,7 @@ def _admin(handler: Handler) -> Handler:
     return checked
 
 
-def _storage(request: web.Request) -> Storage:
+def _storage(request: web.Request) -> DeadLetterStore:
     return request.app[STORAGE]
 
 

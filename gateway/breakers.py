@@ -15,11 +15,11 @@ from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import HALF_OPEN, OPEN, STATE_NAMES, Admission, BreakerState
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
-from gateway.storage import Storage
+from gateway.storage import BreakerStore
 
 
 class CircuitBreakers:
-    def __init__(self, storage: Storage, metrics: Metrics) -> None:
+    def __init__(self, storage: BreakerStore, metrics: Metrics) -> None:
         self._storage = storage
         self._metrics = metrics
         self._local: dict[str, BreakerState] = {}

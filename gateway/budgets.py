@@ -39,7 +39,7 @@ from gateway.core.budget import (
 from gateway.budget_headers import MAX_PAUSE, rate_limit_headers, standing, vendor_said
 from gateway.errors import BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.metrics import Metrics
-from gateway.storage import Storage
+from gateway.storage import BudgetStore
 from gateway.storage.health import RETRY
 from gateway.storage.memory import LocalBudgets
 
@@ -121,7 +121,7 @@ class _Unseen:
 class Budgets:
     def __init__(
         self,
-        storage: Storage,
+        storage: BudgetStore,
         metrics: Metrics,
         config: Config,
     ) -> None:
@@ -316,7 +316,7 @@ class Budgets:
             out.append(entry)
         return out
 
-    def _store_of(self, charged: Charged) -> tuple[Storage | LocalBudgets, Sequence[Charge]]:
+    def _store_of(self, charged: Charged) -> tuple[BudgetStore | LocalBudgets, Sequence[Charge]]:
         """The store that charged a request, and its charges as that store knows them."""
         if charged.local:
             return self._local, self._scaled(charged.charges)

@@ -42,7 +42,7 @@ from gateway.core.cache import (
 )
 from gateway.errors import GatewayError, StorageError
 from gateway.metrics import Metrics
-from gateway.storage import Storage
+from gateway.storage import CacheStore
 
 log = logging.getLogger("gateway.cache")
 
@@ -101,7 +101,7 @@ class FetchLock:
 
 
 class ResponseCache:
-    def __init__(self, storage: Storage, metrics: Metrics) -> None:
+    def __init__(self, storage: CacheStore, metrics: Metrics) -> None:
         self._storage = storage
         self._metrics = metrics
         self._flights: dict[str, Flight] = {}

@@ -23,7 +23,7 @@ from gateway.credentials import without_parameter
 from gateway.errors import GatewayError, StorageError
 from gateway.metrics import Metrics
 from gateway.request import RequestContext, UpstreamRequest
-from gateway.storage import Storage
+from gateway.storage import DeadLetterStore
 from gateway.taps import Excerpt, Tap
 from gateway.upstream import AnswerBroke
 
@@ -69,7 +69,7 @@ def describe(status: int, body: bytes) -> str:
 class DeadLetters:
     """Keeps the requests ``should_keep`` picks, and counts them per vendor for the metrics."""
 
-    def __init__(self, storage: Storage, metrics: Metrics, policies: Mapping[str, Policy]) -> None:
+    def __init__(self, storage: DeadLetterStore, metrics: Metrics, policies: Mapping[str, Policy]) -> None:
         self.storage = storage
         self._metrics = metrics
         self._policies = policies

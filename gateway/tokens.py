@@ -61,7 +61,7 @@ from gateway.core.tokens import (
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics
 from gateway.sealing import Sealer
-from gateway.storage import Storage
+from gateway.storage import TokenStore
 from gateway.token_endpoint import TOKEN_TIMEOUT, TokenEndpoint
 
 log = logging.getLogger("gateway.tokens")
@@ -76,7 +76,7 @@ class TokenProvider:
         self,
         vendor: str,
         spec: OAuth2 | JwtBearer,
-        storage: Storage,
+        storage: TokenStore,
         session: aiohttp.ClientSession,
         sealer: Sealer,
         metrics: Metrics,
