@@ -1,0 +1,117 @@
+"""One contract table for the stores of gateway.storage.stores: every backend (memory with
+its local store, a real redis-server, a Redis Cluster) keeps tokens, breakers, budgets,
+cached answers and dead letters the same way. (fakeredis is left out: it runs no Lua
+without lupa, and every Redis store is a script.)"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config.model import CircuitBreaker
+from gateway.core.breaker import CLOSED, OPEN
+from gateway.core.budget import BUCKET, Charge
+from gateway.core.dead_letter import DeadLetter
+from gateway.storage import Storage
+from gateway.storage.memory import MemoryStorage
+from gateway.storage.redis import RedisStorage
+
+BREAKER = CircuitBreaker(failure_ratio=0.5, window=60.0, min_calls=2, open_for=600.0)
+BACKENDS = ["memory", "redis", "cluster"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    store: Storage
+    if request.param == "memory":
+        store = MemoryStorage(tmp_path / "data")
+    elif request.param == "redis":
+        store = RedisStorage(request.getfixturevalue("redis_server").url)
+    else:
+        store = RedisStorage(request.getfixturevalue("redis_cluster").url, cluster=True)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_a_token_is_stored_only_over_the_record_it_replaces(storage: Storage) -> None:
+    assert await storage.get_token("v") is None
+    assert await storage.put_token("v", b"first", None)
+    assert not await storage.put_token("v", b"late", None)  # another process stored one meanwhile
+    assert await storage.put_token("v", b"second", b"first")
+    assert await storage.get_token("v") == b"second"
+
+
+async def test_one_process_at_a_time_holds_a_vendors_refresh_lock(storage: Storage) -> None:
+    fence = await storage.lock_refresh("v", 60.0)
+    assert fence is not None
+    assert await storage.lock_refresh("v", 60.0) is None
+    await storage.unlock_refresh("v", fence)
+    later = await storage.lock_refresh("v", 60.0)
+    assert later is not None and later > fence
+
+
+async def test_a_breaker_opens_on_failures_and_then_refuses(storage: Storage) -> None:
+    assert await storage.breaker_state("v", BREAKER) == CLOSED
+    for _ in range(2):
+        assert (await storage.breaker_admit("v", BREAKER)).allowed
+        await storage.breaker_record("v", BREAKER, True, False)
+    assert await storage.breaker_state("v", BREAKER) == OPEN
+    assert not (await storage.breaker_admit("v", BREAKER)).allowed
+
+
+async def test_a_budget_admits_its_limit_and_gives_a_refund_back(storage: Storage) -> None:
+    bucket = [Charge("b", BUCKET, limit=2, per=3600.0, cost=1)]
+    first = await storage.charge_budgets("v", bucket, 0.0)
+    assert first.admitted
+    assert (await storage.charge_budgets("v", bucket, 0.0)).admitted
+    assert not (await storage.charge_budgets("v", bucket, 0.0)).admitted
+    await storage.refund_budgets("v", bucket, first.at)
+    assert (await storage.charge_budgets("v", bucket, 0.0)).admitted
+
+
+async def test_a_stored_answer_is_read_with_the_generations_a_write_bumps(storage: Storage) -> None:
+    await storage.cache_put("k", b"answer", 60.0)
+    blob, before = await storage.cache_get("k", "v", ["rule", "path"])
+    assert blob == b"answer"
+    await storage.cache_invalidate("v", {"path": 60.0})
+    _, after = await storage.cache_get("k", "v", ["rule", "path"])
+    assert after[0] == before[0] and after[1] != before[1]
+
+
+async def test_one_process_at_a_time_fetches_an_answer(storage: Storage) -> None:
+    token = await storage.cache_lock("k", 60.0)
+    assert token is not None
+    if storage.name == "memory":  # one process: its own coalescing is all there is
+        assert await storage.cache_lock("k", 60.0) is not None
+        return
+    assert await storage.cache_lock("k", 60.0) is None
+    await storage.cache_unlock("k", "not-the-token")
+    assert await storage.cache_lock("k", 60.0) is None
+    await storage.cache_unlock("k", token)
+    assert await storage.cache_lock("k", 60.0) is not None
+
+
+async def test_a_dead_letter_is_kept_listed_claimed_and_deleted(storage: Storage, request: pytest.FixtureRequest) -> None:
+    if "cluster" in request.node.callspec.id:
+        # Found by this table: redis-py's asyncio RedisCluster fails the MULTI pipeline
+        # put_dead_letter sends (a future attached to a different loop). Left for its own fix.
+        request.applymarker(pytest.mark.xfail(reason="dead letters on a Redis Cluster", strict=True))
+    entry = DeadLetter(
+        id=DeadLetter.new_id(1_700_000_000.0), vendor="v", caller="c", method="POST", path="/x", query=None,
+        headers=[("Content-Type", "application/json")], body=b"{}", status=503, error="upstream 503",
+        attempts=3, first_at=1_700_000_000.0, last_at=1_700_000_001.0,
+    )
+    await storage.put_dead_letter(entry)
+    assert await storage.get_dead_letter(entry.id) == entry
+    assert [e.id for e in await storage.list_dead_letters("v", "", 10)] == [entry.id]
+    assert await storage.count_dead_letters("v") == 1
+    assert await storage.claim_dead_letter(entry.id, 60.0)
+    assert not await storage.claim_dead_letter(entry.id, 60.0)
+    await storage.release_dead_letter(entry.id)
+    assert await storage.delete_dead_letter(entry.id)
+    assert await storage.get_dead_letter(entry.id) is None
+    assert await storage.count_dead_letters("v") == 0
