@@ -243,7 +243,7 @@ async def test_gateway_serve_applies_both_timeouts(gateway_process, vendor):
         writer.close()
     assert time.monotonic() - started < GENEROUS
     assert slow_answer.startswith(b"HTTP/1.1 408 ")
-    assert idle_answer.startswith(b"HTTP/1.1 200 ") and b"408" not in idle_answer
+    assert idle_answer.startswith(b"HTTP/1.1 200 ") and idle_answer.count(b"HTTP/1.1 ") == 1  # no 408 after it
     assert silent_answer == b""
     code, output = await asyncio.to_thread(gw.stop)
     assert code == 0 and "Traceback" not in output and " ERROR " not in output, output
