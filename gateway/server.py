@@ -21,6 +21,7 @@ from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.credentials import CredentialProvider, static_provider
 from gateway.connections import CallerServer
+from gateway.console.console import ASSET_ROUTE, console, console_asset, to_console
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageError
 from gateway.letterbox import DeadLetterBox
 from gateway.metrics import Metrics
@@ -79,6 +80,9 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/_gateway/status", status)
+    app.router.add_get("/_gateway", to_console)
+    app.router.add_get("/_gateway/", console)
+    app.router.add_get(ASSET_ROUTE, console_asset)
     app.router.add_get("/_gateway/dead-letters", admin_api.list_dead_letters)
     app.router.add_get("/_gateway/dead-letters/{id}", admin_api.get_dead_letter)
     app.router.add_post("/_gateway/dead-letters/{id}/replay", admin_api.replay_dead_letter)
