@@ -23,6 +23,7 @@ from gateway.budgets import Budgets
 from gateway.cache import ResponseCache
 from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
+from gateway.console.console import ASSET_ROUTE, console, console_asset, to_console
 from gateway.credentials import CredentialProvider, static_provider
 from gateway.deadletters import DeadLetters
 from gateway.metrics import Metrics
@@ -66,6 +67,9 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/_gateway/dead-letters/{id}", admin_api.get_dead_letter)
     app.router.add_post("/_gateway/dead-letters/{id}/replay", admin_api.replay_dead_letter)
     app.router.add_delete("/_gateway/dead-letters/{id}", admin_api.delete_dead_letter)
+    app.router.add_get("/_gateway", to_console)
+    app.router.add_get("/_gateway/", console)
+    app.router.add_get(ASSET_ROUTE, console_asset)
     # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
     app.router.add_route("*", r"/{tail:[\s\S]*}", server.proxy)
     return app
