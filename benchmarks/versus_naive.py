@@ -48,7 +48,7 @@ from _harness import (HOST, Processes, free_port, gateway_log_summary, group_cpu
 VENDOR = "bench"
 ITEM = "/item/42"
 AUTH_ECHO = "/_auth"  # the stub answers the Authorization it received: proves the credential arrived
-STUB_BODY = b'{"id":42,"name":"item 42","price":1999,"tags":["a","b"],"ok":true}'
+STUB_BODY = b'{"id":42,"name":"item 42","price":19,"tags":["a","b"],"ok":true}'
 TOKEN = "bench-vendor-token-0123456789"  # a stand-in vendor secret, sent only to the local stub
 BUDGET = 1_000_000_000  # per second: a token bucket that never refuses
 HERE = Path(__file__).resolve().parent
