@@ -58,19 +58,20 @@ SCRIPT_CALLS = {"evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro"}
 # --------------------------------------------------------------------------- the open-loop generator (a subprocess)
 
 
-async def _open_loop(url: str, rate: float, seconds: float, warmup: float) -> dict[str, object]:
-    """Sends GET ``url`` at ``rate`` per second on a fixed schedule whatever the answers do,
-    on as many keep-alive connections as it takes; a latency is counted from the moment its
-    request was due (so a stall delays the requests behind it and they count it: wrk2's way)."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or HOST, parts.port or 80
-    request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    statuses: Counter[int] = Counter()
+class PacedClient:
+    """GETs of one URL on keep-alive connections, opened as they are needed, and what came back."""
 
-    async def answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or HOST, parts.port or 80
+        self.request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
+
+    @staticmethod
+    async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
         status = int(head[9:12])
         length = next((int(line[15:]) for line in head.split("\r\n") if line.startswith("content-length:")), None)
@@ -83,61 +84,76 @@ async def _open_loop(url: str, rate: float, seconds: float, warmup: float) -> di
                 pass
         return status, "connection: close" not in head
 
-    async def fetch(due: float, counted: bool) -> None:
+    async def fetch(self, due: float, counted: bool) -> None:
         conn = None
         try:
             async with asyncio.timeout(10):
-                conn = idle.pop() if idle else await asyncio.open_connection(host, port)
-                conn[1].write(request)
-                status, reusable = await answer(conn[0])
+                conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+                conn[1].write(self.request)
+                status, reusable = await self._answer(conn[0])
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
             if conn:
                 conn[1].close()
             if counted:
-                errors[type(exc).__name__] += 1
+                self.errors[type(exc).__name__] += 1
             return
         if counted:
-            latencies.append(time.perf_counter() - due)
-            statuses[status] += 1
+            self.latencies.append(time.perf_counter() - due)
+            self.statuses[status] += 1
         if reusable:
-            idle.append(conn)
+            self.idle.append(conn)
         else:
             conn[1].close()
 
-    tasks: set[asyncio.Task[None]] = set()
-    start = time.perf_counter() + 0.05
-    total = int(rate * (warmup + seconds))
-    first_counted = int(rate * warmup)
-    for i in range(total):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(fetch(due, i >= first_counted))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
-    for _, writer in idle:
-        writer.close()
-    latencies.sort()
+    async def pace(self, rate: float, seconds: float, counted: bool) -> None:
+        """Sends ``rate`` requests a second for ``seconds`` on a fixed schedule whatever the
+        answers do; a latency counts from when its request was due, so a stall is charged to
+        every request it delays (wrk2's way), then waits for the last answers."""
+        tasks = []
+        start = time.perf_counter() + 0.01
+        for i in range(int(rate * seconds)):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.fetch(due, counted)))
+        await asyncio.gather(*tasks)
 
-    def pct(p: float) -> float | None:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else None
+    def result(self) -> dict[str, object]:
+        self.latencies.sort()
 
-    return {"requests": len(latencies), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "non_200": sum(n for s, n in statuses.items() if s != 200), "errors": dict(errors)}
+        def pct(p: float) -> float | None:
+            n = len(self.latencies)
+            return self.latencies[min(n - 1, int(p * n))] * 1000 if n else None
+
+        for _, writer in self.idle:
+            writer.close()
+        return {"requests": len(self.latencies), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+                "non_200": sum(n for s, n in self.statuses.items() if s != 200), "errors": dict(self.errors)}
+
+
+async def _open_loop(urls: list[str], rate: float, slices: int, slice_seconds: float) -> list[dict[str, object]]:
+    """Paces every URL in turn, one slice each, ``slices`` times after one uncounted warm-up
+    slice: a disturbance from outside lands on one slice of one target, not on a whole run."""
+    clients = [PacedClient(url) for url in urls]
+    for client in clients:
+        await client.pace(rate, slice_seconds, counted=False)
+    for _ in range(slices):
+        for client in clients:
+            await client.pace(rate, slice_seconds, counted=True)
+    return [client.result() for client in clients]
 
 
 def run_open_loop(argv: list[str]) -> None:
-    url, rate, seconds, warmup = argv[0], float(argv[1]), float(argv[2]), float(argv[3])
+    rate, slices, slice_seconds, urls = float(argv[0]), int(argv[1]), float(argv[2]), argv[3:]
     try:
         import uvloop
     except ImportError:
-        result = asyncio.run(_open_loop(url, rate, seconds, warmup))
+        results = asyncio.run(_open_loop(urls, rate, slices, slice_seconds))
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(_open_loop(url, rate, seconds, warmup))
-    print(json.dumps(result))
+            results = runner.run(_open_loop(urls, rate, slices, slice_seconds))
+    print(json.dumps(results))
 
 
 # --------------------------------------------------------------------------- the processes measured
@@ -340,13 +356,16 @@ class Paced:
     failed: int  # non-200 answers plus errors
 
 
-def open_loop(name: str, url: str, rate: int, seconds: float, cores: Cores) -> Paced:
-    cmd = cores.cmd([sys.executable, str(Path(__file__).resolve()), "_open_loop", url, str(rate), str(seconds), "1"])
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+def open_loop(targets: list[tuple[str, str]], rate: int, seconds: float, cores: Cores) -> list[Paced]:
+    """Latency of each (name, url) at ``rate`` per second, ``seconds`` each in 1 s slices taken in turn."""
+    slices = max(1, round(seconds))
+    cmd = cores.cmd([sys.executable, str(Path(__file__).resolve()), "_open_loop", str(rate), str(slices),
+                     f"{seconds / slices:g}", *(url for _, url in targets)])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * (slices + 1) * len(targets) * seconds / slices + 60)
     if done.returncode != 0:
         raise RuntimeError(f"open-loop generator failed: {done.stderr.strip()[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return Paced(rate, name, result["p50_ms"], result["p99_ms"], result["non_200"] + sum(result["errors"].values()))
+    return [Paced(rate, name, r["p50_ms"], r["p99_ms"], r["non_200"] + sum(r["errors"].values()))
+            for (name, _), r in zip(targets, json.loads(done.stdout.strip().splitlines()[-1]))]
 
 
 # --------------------------------------------------------------------------- printing
@@ -375,6 +394,11 @@ def print_rounds(results: dict[str, list[Round]], cores: Cores) -> None:
                   f"{'-' if r.proxy_cpu is None else f'{r.proxy_cpu:.0f}%':>9} "
                   f"{'-' if r.redis_per_request is None else f'{r.redis_per_request:.2f}':>13} "
                   f"{'-' if r.scripts_per_request is None else f'{r.scripts_per_request:.2f}':>11} {r.failed:>6}  {busy}")
+    for name, rounds in results.items():
+        for i, r in enumerate(rounds, 1):
+            if r.scripts_per_request is not None and r.scripts_per_request < 0.98:
+                print(f"! {name} round {i}: {r.scripts_per_request:.2f} EVALSHA per request: some requests were not "
+                      "charged in Redis (a storage fallback? see the log lines at the end); not the full path")
     if cores.proxy:
         print(f"(proxy CPU: % of one core its processes used; core busy: everything on that core, other "
               f"programs' too; proxy on core {cores.proxy}, load on core {cores.load}. Redis cmd/req counts the "
@@ -562,9 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_latency:
             half = max(1, round((mean(results["gateway"], "rps") or 2) / 2))
             for rate in sorted({100, half}):
-                for name, url in [("direct", stub + ITEM)] + [(t.name, t.url) for t in targets]:
-                    print(f"open loop {rate}/s: {name} ...", flush=True)
-                    latency.append(open_loop(name, url, rate, args.duration, cores))
+                print(f"open loop {rate}/s: direct, {', '.join(t.name for t in targets)} in turn ...", flush=True)
+                latency += open_loop([("direct", stub + ITEM)] + [(t.name, t.url) for t in targets], rate,
+                                     args.duration, cores)
 
         profile: list[str] = []
         if args.profile:
@@ -605,8 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     print_ratios(results)
     if latency:
         print()
-        print(f"latency at a fixed rate (open loop, {args.duration:g}s after 1s warm-up, from each request's due time; "
-              "+: added over direct at the same rate)")
+        print(f"latency at a fixed rate (open loop; {args.duration:g}s per target in 1s slices taken in turn after a "
+              "warm-up slice; from each request's due time; +: added over direct at the same rate)")
         print_latency(latency)
     if "gateway-w2" in results:
         print()
