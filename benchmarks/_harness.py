@@ -1,5 +1,5 @@
 """What the benchmark scripts share: starting and stopping the processes they measure,
-pinning them to cores, reading their CPU time and wrk's output.
+pinning them to cores, reading their CPU time, wrk's output and py-spy's stacks.
 
 Everything listens on 127.0.0.1 on free ports; every process started is stopped by
 ``Processes.stop_all``.
@@ -229,4 +229,44 @@ def gateway_log_summary(log: Path) -> list[str]:
         out.extend(f"  {n:6d} x {message}" for message, n in problems.most_common(5))
     else:
         out.append("gateway log: no warning or error lines")
+    return out
+
+
+def _module(frame: str) -> str:
+    """'send (aiohttp/client.py:700)' -> 'aiohttp/client.py'; paths inside the repo keep their package path."""
+    where = frame[frame.rfind("(") + 1:frame.rfind(":")] if "(" in frame else frame
+    for marker in ("site-packages/", "/lib/python3.", "/gateway/"):
+        i = where.find(marker)
+        if i >= 0:
+            where = where[i + len(marker):] if marker != "/gateway/" else where[i + 1:]
+            if marker == "/lib/python3.":
+                where = where.split("/", 1)[-1]
+            break
+    return where
+
+
+def summarise_profile(path: Path) -> list[str]:
+    innermost: Counter[str] = Counter()
+    anywhere: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_module(f) for f in stack.split(";")]
+        if not frames:
+            continue
+        total += n
+        innermost[frames[-1]] += n
+        for package in {f if f.startswith(("gateway/", "aiohttp/")) else f.split("/")[0] for f in frames}:
+            anywhere[package] += n
+    if not total:
+        return ["profile: no samples"]
+    out = [f"profile of the gateway's full path ({total} samples of the busy process, {path}):",
+           "  innermost Python frame's module (self time; uvloop's own work shows as asyncio/runners.py):"]
+    out += [f"    {100 * n / total:5.1f}%  {name}" for name, n in innermost.most_common(15)]
+    out.append("  share of samples with the package (gateway and aiohttp: module) on the stack (inclusive; "
+               "those on every stack, the event loop and the server's entry, left out):")
+    out += [f"    {100 * n / total:5.1f}%  {name}" for name, n in anywhere.most_common() if n < 0.98 * total][:20]
     return out
