@@ -15,20 +15,20 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from _harness import gateway_log_summary, group_cpu_seconds, nginx_command, parse_wrk
 
 HOST = "127.0.0.1"
 VENDOR = "bench"
@@ -259,91 +259,30 @@ def wait_ready(proc: Proc, url: str) -> None:
     raise RuntimeError(f"{proc.name} not ready at {url} after {READY_TIMEOUT:g}s ({last}):\n{proc.log_tail()}")
 
 
-def group_cpu_seconds(pgid: int) -> float | None:
-    """User+system CPU seconds of every live process in process group ``pgid`` (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[0] is state (field 3); pgrp is field 5, utime 14, stime 15, cutime 16, cstime 17
-        if int(fields[2]) != pgid:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
 # --------------------------------------------------------------------------- the targets
 
 
-NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-
-
-def nginx_conf(tmp: Path, port: int, upstream_port: int, temp_dirs: tuple[str, ...], concurrency: int = 32) -> str:
-    temps = "\n".join(f"    {name}_temp_path {tmp / name};" for name in temp_dirs)
-    return textwrap.dedent(
-        """\
-        daemon off;
-        worker_processes 1;
-        pid {pid};
-        error_log {error_log} warn;
-        events {{
-            worker_connections {worker_connections};
+UPSTREAM_HTTP = """\
+    upstream bench_upstream {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
         }}
-        http {{
-            access_log off;
-        {temps}
-            upstream bench_upstream {{
-                server 127.0.0.1:{upstream_port};
-                keepalive 64;
-            }}
-            server {{
-                listen 127.0.0.1:{port};
-                location / {{
-                    proxy_pass http://bench_upstream;
-                    proxy_http_version 1.1;
-                    proxy_set_header Connection "";
-                }}
-            }}
-        }}
-        """
-    ).format(
-        pid=tmp / "nginx.pid",
-        worker_connections=max(512, 2 * concurrency + 128),  # a client and an upstream socket each
-        error_log=tmp / "error.log",
-        temps=temps,
-        upstream_port=upstream_port,
-        port=port,
-    )
+    }}"""
 
 
 def start_nginx(procs: Processes, nginx: str, upstream_port: int, concurrency: int) -> tuple[Proc, int]:
-    tmp = procs.workdir / "nginx"
-    tmp.mkdir(exist_ok=True)
     port = free_port()
-    conf = tmp / "nginx.conf"
-    base = [nginx, "-p", f"{tmp}/", "-e", str(tmp / "error.log"), "-c", str(conf)]
-    temp_dirs: tuple[str, ...] = NGINX_TEMP_DIRS
-    # Builds without e.g. the uwsgi module reject its *_temp_path directive: drop those.
-    for _ in range(len(NGINX_TEMP_DIRS) + 1):
-        conf.write_text(nginx_conf(tmp, port, upstream_port, temp_dirs, concurrency))
-        check = subprocess.run(base + ["-t", "-q"], capture_output=True, text=True, timeout=30)
-        unknown = re.search(r'unknown directive "(\w+)_temp_path"', check.stderr)
-        if check.returncode == 0 or not unknown:
-            break
-        temp_dirs = tuple(d for d in temp_dirs if d != unknown.group(1))
-    if check.returncode != 0:
-        raise RuntimeError(f"nginx rejected the generated config:\n{check.stderr.strip()}")
-    return procs.start("nginx", base), port
+    # a client and an upstream socket each
+    cmd = nginx_command(nginx, procs.workdir / "nginx", UPSTREAM_HTTP.format(upstream_port=upstream_port, port=port),
+                        worker_connections=max(512, 2 * concurrency + 128))
+    return procs.start("nginx", cmd), port
 
 
 def start_gateway(procs: Processes, upstream_port: int, workers: int) -> tuple[Proc, int]:
@@ -379,36 +318,6 @@ class Result:
     note: str = ""
     probe_headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
-
-
-_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def _wrk_ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if not m:
-        raise ValueError(f"cannot read wrk latency {text!r}")
-    return float(m.group(1)) * _WRK_UNITS[m.group(2)]
-
-
-def parse_wrk(output: str) -> dict[str, object]:
-    rps = re.search(r"Requests/sec:\s*([\d.]+)", output)
-    p50 = re.search(r"^\s*50%\s+(\S+)", output, re.M)
-    p99 = re.search(r"^\s*99%\s+(\S+)", output, re.M)
-    if not (rps and p50 and p99):
-        raise ValueError(f"unexpected wrk output:\n{output}")
-    total = re.search(r"(\d+) requests in", output)
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": _wrk_ms(p50.group(1)),
-        "p99_ms": _wrk_ms(p99.group(1)),
-        "requests": int(total.group(1)) if total else None,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "errors": sum(int(n) for n in sock.groups()) if sock else 0,
-        "socket_errors": sock.group(0) if sock else "",
-    }
 
 
 class LoadGenerator:
@@ -503,34 +412,6 @@ def _num(value: object) -> float | None:
 
 def _int(value: object) -> int | None:
     return int(value) if isinstance(value, (int, float)) else None
-
-
-_ACCESS = re.compile(r'aiohttp\.access \[\d+\] \S+ "[^"]*" (\d{3}) ')
-
-
-def gateway_log_summary(log: Path) -> list[str]:
-    """Status counts from the gateway's access log, plus any warning/error lines."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return [f"gateway log unreadable: {log}"]
-    statuses: Counter[str] = Counter()
-    problems: Counter[str] = Counter()
-    for line in lines:
-        m = _ACCESS.search(line)
-        if m:
-            statuses[m.group(1)] += 1
-        elif re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback", line):
-            # Group by message: drop the timestamp and the process id.
-            problems[re.sub(r"^\S+ \S+ | \[\d+\]", "", line)[:300]] += 1
-    out = [f"gateway access log: {sum(statuses.values())} requests logged (warm-up and probes included), "
-           f"statuses {dict(sorted(statuses.items()))}"]
-    if problems:
-        out.append(f"gateway log: {sum(problems.values())} warning/error line(s):")
-        out.extend(f"  {n:6d} x {message}" for message, n in problems.most_common(5))
-    else:
-        out.append("gateway log: no warning or error lines")
-    return out
 
 
 def fmt(value: float | int | None, spec: str) -> str:
