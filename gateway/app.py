@@ -27,10 +27,13 @@ from gateway.console.console import ASSET_ROUTE, console, console_asset, to_cons
 from gateway.credentials import CredentialProvider, static_provider
 from gateway.deadletters import DeadLetters
 from gateway.metrics import Metrics
+from gateway.notify import Notifier, Watch
 from gateway.pipeline import Pipeline
 from gateway.sealing import Sealer
 from gateway.server import count_errors, origin_form_only
-from gateway.state import BREAKERS, BUDGETS, DEAD_LETTERS, DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
+from gateway.state import (
+    BREAKERS, BUDGETS, DEAD_LETTERS, DRAINING, METRICS, NOTIFIER, PIPELINE, SETTINGS, STORAGE, TOKENS, WATCH,
+)
 from gateway.storage import open_storage
 from gateway.tokens import TokenProvider
 from gateway.upstream import UpstreamClients
@@ -101,13 +104,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     breakers = app[BREAKERS] = CircuitBreakers(storage, app[METRICS])
     budgets = app[BUDGETS] = Budgets(storage, app[METRICS], config)
     attempts = Attempts(clients, credentials, breakers, budgets, app[METRICS])
-    app[PIPELINE] = Pipeline(settings, attempts, ResponseCache(storage, app[METRICS]), dead_letters, app[METRICS])
+    pipeline = app[PIPELINE] = Pipeline(
+        settings, attempts, ResponseCache(storage, app[METRICS]), dead_letters, app[METRICS]
+    )
+    notifier = app[NOTIFIER] = Notifier(config.notify.url if config.notify else None, storage)
+    watch = Watch(notifier, tokens, pipeline.answers, budgets.forecasts)
+    breakers.watch(watch.breaker_changed)
+    dead_letters.watch(watch.dead_letter_kept)
+    storage.health.watch(watch.storage_changed)
+    app[WATCH] = watch  # storage's health holds its listeners weakly
+    notifier.start()
+    watch.start()
     for vendor, policy in settings.policies.items():
         if policy.dead_letter:
             await dead_letters.count(vendor)
     for provider in tokens.values():
         provider.start()
     yield
+    await watch.stop()
+    await notifier.stop()
     await asyncio.gather(*(provider.stop() for provider in tokens.values()))
     await token_session.close()
     await clients.close()

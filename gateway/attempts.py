@@ -116,8 +116,10 @@ class Attempts:
         self, ctx: RequestContext, policy: Policy, out: UpstreamRequest, credential: CredentialProvider
     ) -> Tried:
         charged = ctx.charged = self._budgets.charges_for(policy, out.method, out.target.path, ctx.who)
+        queued = time.monotonic()
         await self._budgets.charge(policy, charged, ctx.max_wait, ctx.gone)
         admitted = time.monotonic()
+        ctx.budget_seconds += admitted - queued
         breaker = policy.circuit_breaker
         answer: aiohttp.ClientResponse | None = None
         try:
@@ -143,7 +145,9 @@ class Attempts:
             reason = f"status {answer.status}"
             await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers)
         self._metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
-        self._metrics.upstream_duration.labels(policy.vendor).observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        ctx.upstream_seconds += took
+        self._metrics.upstream_duration.labels(policy.vendor).observe(took)
         # From its turn, not its send: a busy process may send a little after the turn.
         self._budgets.observe(policy.vendor, time.monotonic() - admitted)
         if breaker is not None:

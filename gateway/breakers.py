@@ -10,6 +10,7 @@ is dropped once storage answers again, so that the next outage starts afresh fro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import HALF_OPEN, OPEN, STATE_NAMES, Admission, BreakerState
@@ -24,7 +25,20 @@ class CircuitBreakers:
         self._metrics = metrics
         self._local: dict[str, BreakerState] = {}
         self._opened_until: dict[str, float] = {}  # per vendor: open in storage until then, as last seen
+        self._states: dict[str, int] = {}  # per vendor, as this process last saw it
+        self._listeners: list[Callable[[str, int], None]] = []
         storage.health.watch(self._storage_changed)
+
+    def watch(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(vendor, state)`` when the state this process sees changes."""
+        self._listeners.append(listener)
+
+    def _saw(self, vendor: str, state: int) -> None:
+        self._metrics.circuit_state.labels(vendor).set(state)
+        if self._states.get(vendor, state) != state:
+            for listener in self._listeners:
+                listener(vendor, state)
+        self._states[vendor] = state
 
     async def state(self, vendor: str, config: CircuitBreaker) -> str:
         try:
@@ -40,7 +54,7 @@ class CircuitBreakers:
             admission = self._fallback(vendor).admit(config, time.time())
         else:
             self._seen(vendor, admission.state, admission.retry_after)
-        self._metrics.circuit_state.labels(vendor).set(admission.state)
+        self._saw(vendor, admission.state)
         return admission
 
     async def record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> None:
@@ -51,7 +65,7 @@ class CircuitBreakers:
         else:
             if state != OPEN or vendor not in self._opened_until:
                 self._seen(vendor, state, config.open_for)
-        self._metrics.circuit_state.labels(vendor).set(state)
+        self._saw(vendor, state)
 
     def _seen(self, vendor: str, state: int, open_for: float) -> None:
         if state == OPEN:

@@ -38,6 +38,7 @@ from gateway.core.budget import (
 )
 from gateway.budget_headers import MAX_PAUSE, rate_limit_headers, standing, vendor_said
 from gateway.errors import BudgetExhausted, CallerGone, StorageError, StorageUnavailable
+from gateway.forecast import BudgetForecasts
 from gateway.metrics import Metrics
 from gateway.storage import BudgetStore
 from gateway.storage.health import RETRY
@@ -137,6 +138,7 @@ class Budgets:
         self._slowest: dict[str, SlowestAnswer] = {}
         self._last: dict[tuple[str, str], Level] = {}  # levels last read from shared storage
         self._seeded: set[tuple[str, str]] = set()  # fallback budgets started from those
+        self.forecasts = BudgetForecasts(metrics, config.workers)
         storage.health.watch(self._storage_changed)
 
     def charges_for(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
@@ -223,6 +225,7 @@ class Budgets:
                 break
             await self.refund(vendor, charged)
         self._metrics.budget_wait.labels(vendor).observe(time.time() - started if waited else 0.0)
+        self.forecasts.charged(vendor, charged.budgets, charged.charges, charged.levels)
         if waited:  # the levels read when it queued are old news: read them as it goes
             now_levels = await self._peek(vendor, charged)
             if now_levels is not None:
@@ -308,11 +311,16 @@ class Budgets:
             charged = Charged((budget,) * len(who), tuple(self._charge(budget, c.name, True, now) for c in who))
             verdict = await self._peek(vendor, charged)
             if verdict is None:
-                entry.update(remaining=None, reset=None)
-            elif budget.key == "caller":
+                entry.update(remaining=None, reset=None, exhausts_in=None)
+                out.append(entry)
+                continue
+            if budget.key == "caller":
                 entry["callers"] = {c.name: standing(lv) for c, lv in zip(who, verdict.levels)}
             else:
                 entry.update(standing(verdict.levels[0]))
+            forecasts = [self.forecasts.exhausts_in(vendor, budget, lv, c.key, now)
+                         for c, lv in zip(charged.charges, verdict.levels)]
+            entry["exhausts_in"] = min((round(f, 1) for f in forecasts if f is not None), default=None)
             out.append(entry)
         return out
 

@@ -93,7 +93,7 @@ def _load(args: argparse.Namespace) -> Settings | None:
 def _serve(settings: Settings) -> int:
     from gateway import process
 
-    process.configure_logging()
+    process.configure_logging(settings.config.log_format)
     refusal = process.anonymous_exposure(settings) or _unusable_data_dir(settings)
     if refusal:
         print(f"gateway: {refusal}", file=sys.stderr)

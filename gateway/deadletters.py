@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,6 +73,7 @@ class DeadLetters:
         self.storage = storage
         self._metrics = metrics
         self._policies = policies
+        self._listeners: list[Callable[[str, int | None], None]] = []
         for vendor, policy in policies.items():
             if policy.dead_letter:  # shown at 0 from the start, so an alert on its increase works
                 metrics.dead_letters_lost.labels(vendor)
@@ -142,10 +143,19 @@ class DeadLetters:
             return
         log.warning("%s %s %s kept as dead letter %s: %s", ctx.vendor, out.method, out.target.path, entry.id,
                     error[:200], extra={"request_id": ctx.request_id})
-        await self.count(ctx.vendor)
+        count = await self.count(ctx.vendor)
+        for listener in self._listeners:
+            listener(ctx.vendor, count)
 
-    async def count(self, vendor: str) -> None:
+    def watch(self, listener: Callable[[str, int | None], None]) -> None:
+        """Call ``listener(vendor, count kept)`` after each dead letter kept."""
+        self._listeners.append(listener)
+
+    async def count(self, vendor: str) -> int | None:
         try:
-            self._metrics.dead_letters.labels(vendor).set(await self.storage.count_dead_letters(vendor))
+            kept = await self.storage.count_dead_letters(vendor)
         except StorageError as exc:
             log.warning("dead letters of %s not counted: %s", vendor, exc)
+            return None
+        self._metrics.dead_letters.labels(vendor).set(kept)
+        return kept

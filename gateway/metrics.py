@@ -108,6 +108,20 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=self.registry,
         )
+        self.budget_exhaustion = Gauge(
+            "gateway_budget_exhaustion_seconds",
+            "Seconds until a budget runs out at the last hour's rate (absent when it does not)",
+            ["vendor", "budget"],
+            multiprocess_mode="livemostrecent",
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "gateway_last_success_timestamp_seconds",
+            "Unix time of the vendor's latest answer below 400",
+            ["vendor"],
+            multiprocess_mode="max",
+            registry=self.registry,
+        )
         self.storage_fallback = Gauge(
             "gateway_storage_fallback",
             "1 while shared storage fails and budgets follow on_storage_error",

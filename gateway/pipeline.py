@@ -37,11 +37,12 @@ from gateway.callers import CallerDirectory
 from gateway.config.loader import Settings
 from gateway.config.model import HTTP_METHODS, Policy
 from gateway.core.dead_letter import DeadLetter
+from gateway.core.notices import AnswerCounts
 from gateway.core.routing import Target
 from gateway.deadletters import ERROR_EXCERPT, DeadLetters, Delivery, describe
 from gateway.errors import CallerGone, GatewayError, UnknownVendor
 from gateway.metrics import Metrics
-from gateway.request import RequestContext, UpstreamRequest, forward_headers, refuse_method, request_id, route
+from gateway.request import REQUEST_CONTEXT, RequestContext, UpstreamRequest, forward_headers, refuse_method, request_id, route
 from gateway.upstream import AnswerBroke, read_answer
 
 log = logging.getLogger("gateway.pipeline")
@@ -60,11 +61,13 @@ class Pipeline:
         self._caching = Caching(cache, dead_letters, self.send)
         self._dead_letters = dead_letters
         self._metrics = metrics
+        self.answers = AnswerCounts()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The request's answer, counted once for the metrics however it ends."""
         ctx = RequestContext(request_id(request), time.monotonic(),
                              lambda: request.transport is None or request.transport.is_closing())
+        request[REQUEST_CONTEXT] = ctx
         status = 500
         try:
             response = await self.respond(ctx, request)
@@ -96,6 +99,9 @@ class Pipeline:
             self._metrics.requests.labels(ctx.vendor, method, str(status), ctx.caller).inc()
             if ctx.vendor != "unknown":
                 self._metrics.request_duration.labels(ctx.vendor).observe(time.monotonic() - ctx.started)
+                self.answers.answered(ctx.vendor, status < 400, time.time())
+                if status < 400:
+                    self._metrics.last_success.labels(ctx.vendor).set(time.time())
             if ctx.cache is not None:
                 self._cache.count(ctx.vendor, ctx.cache.lower())
 

@@ -129,12 +129,14 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket | None) ->
     if sock is None:
         sock = bind(settings)
         _announce(settings, sock)
+    from gateway.logs import JsonAccessLog
+
     app = build_app(settings)
     runner = GatewayRunner(
         app,
         handle_signals=False,
         shutdown_timeout=settings.config.drain,
-        access_log_class=AccessLog,
+        access_log_class=JsonAccessLog if settings.config.log_format == "json" else AccessLog,
         **server_options(settings),
     )
     await runner.setup()
@@ -218,7 +220,13 @@ class TextFormatter(logging.Formatter):
         return line if request_id is None or " id=" in line else f"{line} id={request_id}"
 
 
-def configure_logging() -> None:
+def configure_logging(log_format: str = "text") -> None:
+    """Lines on stderr: text, or one JSON object each (gateway.logs) with ``log_format: json``."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
+    if log_format == "json":
+        from gateway.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -52,6 +52,12 @@ class RequestContext:
     charged: Charged | None = None  # the budgets of the latest attempt
     cache: str | None = None  # X-Gateway-Cache on a cacheable route
     left: bool = False  # the caller left before the whole answer went out
+    upstream_seconds: float = 0.0  # the attempts' time until the vendor's headers
+    budget_seconds: float = 0.0  # the attempts' time held for budget
+
+
+# Where the access log finds the request's context.
+REQUEST_CONTEXT = web.RequestKey("gateway_context", RequestContext)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from gateway.budgets import Budgets
 from gateway.config.loader import Settings
 from gateway.deadletters import DeadLetters
 from gateway.metrics import Metrics
+from gateway.notify import Notifier, Watch
 from gateway.pipeline import Pipeline
 from gateway.storage import Storage
 
@@ -20,5 +21,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 BUDGETS = web.AppKey("budgets", Budgets)
 BREAKERS = web.AppKey("breakers", CircuitBreakers)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
+NOTIFIER = web.AppKey("notifier", Notifier)  # reloads and auth stops tell through it
+WATCH = web.AppKey("watch", Watch)
 DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived
 TOKENS = web.AppKey("tokens", dict)  # vendor -> TokenProvider

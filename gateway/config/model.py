@@ -405,6 +405,27 @@ CALLER = Obj(
 
 
 @dataclass(frozen=True)
+class Notify:
+    """Where operators are told of trouble: a Slack-compatible incoming webhook."""
+
+    url: Secret
+
+
+def _check_notify(c: dict[str, Any], r: Reporter) -> None:
+    url = c["url"]
+    if isinstance(url, Secret) and not url.reveal().startswith(("http://", "https://")):
+        r.error("url", f"{url.reference} must resolve to an http:// or https:// URL")
+
+
+NOTIFY = Obj(
+    Notify,
+    {"url": Field(SecretRef(), required=True)},
+    check=_check_notify,
+    description="where operators are told of trouble (a Slack-compatible incoming webhook)",
+)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str
     workers: int
@@ -422,6 +443,8 @@ class Config:
     drain: float
     header_timeout: float
     keepalive_timeout: float
+    log_format: str = "text"
+    notify: Notify | None = None
     source: str = ""
 
     @property
@@ -489,6 +512,8 @@ CONFIG = Obj(
             Duration(positive=True, description="how long an idle keep-alive connection of a caller is kept"),
             default=75.0,
         ),
+        "log_format": Field(Str(enum=("text", "json")), default="text"),
+        "notify": Field(NOTIFY),
     },
     check=_check_config,
     description="the gateway's own configuration (gateway.yaml)",

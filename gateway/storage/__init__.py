@@ -18,6 +18,7 @@ from gateway.storage.stores import (
     BudgetStore as BudgetStore,
     CacheStore as CacheStore,
     DeadLetterStore as DeadLetterStore,
+    NoticeStore as NoticeStore,
     Storage as Storage,
     TokenStore as TokenStore,
 )

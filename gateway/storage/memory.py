@@ -122,6 +122,7 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         self._locks: dict[str, tuple[int, float]] = {}
         self._fences = itertools.count(1)
         self._breakers: dict[str, BreakerState] = {}
+        self._notices: dict[str, float] = {}  # name -> claimed until
         self._kept_budgets: Section[Charge] = Section("budget", self._export_budget, self._restore_budget)
         self._kept_breakers: Section[CircuitBreaker] = Section("breaker", self._export_breaker, self._restore_breaker)
         self._keeper = StateKeeper(self._local, [self._kept_budgets, self._kept_breakers])
@@ -214,6 +215,14 @@ class MemoryStorage(LocalBudgets, MemoryCache):
     async def claim_dead_letter(self, entry_id: str, seconds: float) -> bool:
         now = time.time()
         return await self._local.claim_entry(entry_id, now, now + seconds)
+
+    async def claim_notice(self, name: str, seconds: float) -> bool:
+        now = time.time()
+        if self._notices.get(name, 0.0) > now:
+            return False
+        self._notices = {n: until for n, until in self._notices.items() if until > now}
+        self._notices[name] = now + seconds
+        return True
 
     async def release_dead_letter(self, entry_id: str) -> None:
         await self._local.release_entry(entry_id)

@@ -320,6 +320,10 @@ class RedisStorage:
         claim = f"gateway:{{dead-letters}}:claim:{entry_id}"
         return bool(await self._call("write", self.client.set(claim, 1, nx=True, px=int(seconds * 1000))))
 
+    async def claim_notice(self, name: str, seconds: float) -> bool:
+        claim = f"gateway:{{notify}}:{name}"
+        return bool(await self._call("write", self.client.set(claim, 1, nx=True, ex=max(1, int(seconds)))))
+
     async def release_dead_letter(self, entry_id: str) -> None:
         await self._call("write", self.client.delete(f"gateway:{{dead-letters}}:claim:{entry_id}"))
 

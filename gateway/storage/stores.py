@@ -111,7 +111,14 @@ class DeadLetterStore(Protocol):
     async def count_dead_letters(self, vendor: str) -> int: ...
 
 
-class Storage(TokenStore, BreakerStore, BudgetStore, CacheStore, DeadLetterStore, Protocol):
+class NoticeStore(Protocol):
+    """Which process sends a notification."""
+
+    async def claim_notice(self, name: str, seconds: float) -> bool:
+        """True for the one caller that may send notice ``name`` within ``seconds``."""
+
+
+class Storage(TokenStore, BreakerStore, BudgetStore, CacheStore, DeadLetterStore, NoticeStore, Protocol):
     """A backend: every store, its health, and its lifecycle."""
 
     name: str
