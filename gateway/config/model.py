@@ -126,11 +126,29 @@ MATCH = Obj(
 )
 
 
+# The vendors' own signals ``follow`` may name (gateway/core/signals.py reads them).
+SIGNALS = (
+    "ietf",
+    "x-ratelimit",
+    "hubspot-interval",
+    "hubspot-secondly",
+    "hubspot-daily",
+    "salesforce-daily",
+    "apollo-minute",
+    "apollo-hour",
+    "apollo-day",
+)
+
+
 @dataclass(frozen=True)
 class Follow:
-    remaining: str
+    """Where a budget reads the vendor's own count: a signal by name, or a pair of headers
+    (``remaining``, and ``reset`` in ``reset_unit``)."""
+
+    remaining: str | None
     reset: str | None
     reset_unit: str
+    signal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,33 @@ def _check_budget(b: dict[str, Any], r: Reporter) -> None:
 
 HEADER_NAME = Str(pattern=r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
+FOLLOW_HEADERS = Obj(
+    Follow,
+    {
+        "remaining": Field(HEADER_NAME, required=True),
+        "reset": Field(HEADER_NAME),
+        "reset_unit": Field(Str(enum=("seconds", "ms", "epoch")), default="seconds"),
+    },
+    description="the vendor's remaining count (and reset) in headers of your choosing",
+)
+
+
+class _FollowSpec(Spec):
+    """A vendor signal's name, or the mapping of header names."""
+
+    description = "the vendor's own count lowers this budget, never raises it: a signal by name, or headers"
+
+    def build(self, value: Any, ctx: Context, path: str, line: int) -> Any:
+        if isinstance(value, str):
+            if value not in SIGNALS:
+                return ctx.error(line, path, f"unknown signal {value!r} (known: {', '.join(SIGNALS)})")
+            return Follow(remaining=None, reset=None, reset_unit="seconds", signal=value)
+        return FOLLOW_HEADERS.build(value, ctx, path, line)
+
+    def schema(self) -> dict[str, Any]:
+        return self._schema({"anyOf": [{"type": "string", "enum": list(SIGNALS)}, FOLLOW_HEADERS.schema()]})
+
+
 BUDGET = Obj(
     Budget,
     {
@@ -178,16 +223,7 @@ BUDGET = Obj(
         "key": Field(Str(enum=("shared", "caller")), default="shared"),
         "reserve": Field(Percent(), default=0.0),
         "shadow": Field(Bool(), default=False),
-        "follow": Field(
-            Obj(
-                Follow,
-                {
-                    "remaining": Field(HEADER_NAME, required=True),
-                    "reset": Field(HEADER_NAME),
-                    "reset_unit": Field(Str(enum=("seconds", "ms", "epoch")), default="seconds"),
-                },
-            )
-        ),
+        "follow": Field(_FollowSpec()),
     },
     check=_check_budget,
 )
@@ -261,6 +297,48 @@ BREAKER = Obj(
         "min_calls": Field(Int(minimum=1), default=20),
         "open_for": Field(Duration(positive=True), default=30.0),
     },
+)
+
+
+MAX_PROBE_EVERY = 600.0  # the probe interval doubles up to this
+
+
+@dataclass(frozen=True)
+class AuthFailures:
+    """When the vendor refusing our credential stops the calls: ``after`` consecutive
+    answers with a status in ``statuses``; then one probe every ``probe_every``."""
+
+    statuses: frozenset[int] = frozenset({401})
+    after: int = 3
+    probe_every: float = 30.0
+
+
+def _check_auth_failures(a: dict[str, Any], r: Reporter) -> None:
+    if 429 in a["statuses"]:
+        r.error("statuses", "429 is the vendor's rate limit, not a refused credential")
+    if a["probe_every"] > MAX_PROBE_EVERY:
+        r.error("probe_every", "must be at most 10m (the probe interval doubles up to 10 minutes)")
+
+
+AUTH_FAILURES = Obj(
+    lambda statuses, after, probe_every: AuthFailures(frozenset(statuses), after, probe_every),
+    {
+        "statuses": Field(
+            ListOf(
+                Int(minimum=400, maximum=499),
+                description="answers that mean the credential is refused (an empty list: never stop)",
+            ),
+            default=(401,),
+        ),
+        "after": Field(Int(minimum=1, maximum=1000, description="consecutive refusals that stop the calls"), default=3),
+        "probe_every": Field(
+            Duration(positive=True, description="then one request this often goes through as a probe, "
+                     "the interval doubling after each refused probe up to 10m"),
+            default=30.0,
+        ),
+    },
+    check=_check_auth_failures,
+    description="the vendor refusing our credential stops the calls",
 )
 
 
@@ -476,7 +554,14 @@ class Policy:
     circuit_breaker: CircuitBreaker | None
     cache: tuple[CacheRule, ...]
     dead_letter: bool
+    auth_failures: AuthFailures = AuthFailures()
+    refund_on: frozenset[int] = frozenset()  # the vendor's refusals it does not charge: their charge goes back
     source: str = ""
+
+    @property
+    def signals(self) -> frozenset[str]:
+        """The vendor signals its budgets follow."""
+        return frozenset(b.follow.signal for b in self.budgets if b.follow is not None and b.follow.signal)
 
 
 def _check_policy(p: dict[str, Any], r: Reporter) -> None:
@@ -488,7 +573,7 @@ def _check_policy(p: dict[str, Any], r: Reporter) -> None:
 
 
 POLICY = Obj(
-    lambda upstream, **rest: Policy(upstream=_upstream(upstream), **rest),
+    lambda upstream, refund_on, **rest: Policy(upstream=_upstream(upstream), refund_on=frozenset(refund_on), **rest),
     {
         "vendor": Field(
             Str(pattern=VENDOR_NAME.pattern, check=_check_vendor, description="URL prefix: /{vendor}/..."),
@@ -503,6 +588,15 @@ POLICY = Obj(
         "circuit_breaker": Field(BREAKER),
         "cache": Field(ListOf(CACHE_RULE), default=()),
         "dead_letter": Field(Bool(), default=False),
+        "auth_failures": Field(AUTH_FAILURES, default=AuthFailures()),
+        "refund_on": Field(
+            ListOf(
+                Int(minimum=400, maximum=599),
+                description="statuses the vendor does not charge against its limits (ZoomInfo: [429]): "
+                "the budgets get the request's charge back",
+            ),
+            default=(),
+        ),
     },
     check=_check_policy,
     description="one vendor's policy for the gateway",
