@@ -33,16 +33,18 @@ from gateway.core.structured import Member, parse_list
 Headers = Mapping[str, str]
 
 DAY = 86400.0
-# A HubSpot daily refusal on a budget without a fixed window: at least this long, so that
-# a budget whose own count frees soon does not send refusal after refusal.
+# HubSpot's daily quota refused or spent, on a budget without a fixed window: a pause at
+# least this long, so that a budget whose own count frees soon does not send refusal after
+# refusal.
 MIN_DAILY_PAUSE = 60.0
-# Salesforce counts a rolling 24 h: its quota frees bit by bit, so after a refusal one
-# request goes after this long to find out (the contract's "1 h for a rolling quota").
+# Salesforce counts a rolling 24 h: its quota frees bit by bit, so a refusal (or a spent
+# count) pauses a budget without a fixed window this long, and the next request finds out.
 ROLLING_QUOTA_PAUSE = 3600.0
 # A reset this large is a Unix time, not seconds from now (some vendors send X-RateLimit-
 # Reset as one): no limit resets 31 years from now.
 EPOCH_THRESHOLD = 1e9
-# How much bigger a body is read for a quota refusal than its marker needs.
+# The first bytes of a body that tell a quota refusal: the vendors' error bodies are short
+# and name the quota near their start.
 REFUSAL_BODY_BYTES = 4096
 
 
@@ -146,7 +148,7 @@ def smaller_limit(reading: Reading, limit: int, per: float) -> int | None:
     return reading.limit
 
 
-def is_quota_refusal(signals: Iterable[str], status: int, headers: Headers, body: bytes) -> bool:
+def is_quota_refusal(signals: Iterable[str], status: int, body: bytes) -> bool:
     """Whether the answer is the vendor refusing for a quota that one of ``signals`` (those
     the policy's budgets follow) names: neither an auth failure nor a breaker failure."""
     return any(_REFUSALS[s](status, body) for s in signals if s in _REFUSALS)
@@ -161,56 +163,64 @@ def refusal_body_size(signals: Iterable[str], status: int) -> int:
 # The readers, one per signal.
 
 
+@dataclass(frozen=True)
+class _Quota:
+    """One policy of RateLimit-Policy."""
+
+    limit: int | None
+    window: float | None
+    unit: str | None  # None: requests
+
+    def counts_requests(self) -> bool:
+        return self.unit in (None, "requests")
+
+
 def _ietf(a: _Answer) -> Reading:
     """draft-ietf-httpapi-ratelimit-headers-10: ``RateLimit: "name";r=R;t=T`` (what is left
     of each policy, and seconds until it resets) and ``RateLimit-Policy: "name";q=Q;w=W``
     (each policy's quota over its window). Several policies: the one over the budget's own
     span, else the tightest. Without them, the older drafts' RateLimit-Remaining/-Reset."""
     policies = _ietf_policies(a.headers)
-    limits = _members(a.headers, "RateLimit")
-    if limits is None:
-        return _ietf_older(a, policies)
-    candidates: list[tuple[float, float | None, tuple[int | None, float | None]]] = []
-    for item, params in limits:
-        name = item if isinstance(item, str) else None
+    candidates: list[Reading] = []
+    for item, params in _members(a.headers, "RateLimit") or ():
         remaining, reset = _whole(params.get("r")), _whole(params.get("t"))
-        quota = policies.get(name) if name is not None else None
-        if remaining is None or (quota is not None and quota[2] not in (None, "requests")):
+        quota = policies.get(item) if isinstance(item, str) else None
+        if remaining is None or (quota is not None and not quota.counts_requests()):
             continue  # no count, or a count of something other than requests (bytes, ...)
-        candidates.append((remaining, reset, (quota[0], quota[1]) if quota else (None, None)))
+        if quota is None:
+            candidates.append(Reading(remaining=remaining, reset=reset))
+        else:
+            candidates.append(Reading(remaining=remaining, reset=reset, limit=quota.limit, window=quota.window))
     if not candidates:
         return _ietf_older(a, policies)
-    same_span = [c for c in candidates if c[2][1] is not None and math.isclose(c[2][1], a.budget.per)]
-    remaining, reset, (limit, window) = min(same_span or candidates, key=lambda c: (c[0], -(c[1] or 0.0)))
-    return Reading(remaining=remaining, reset=reset, limit=limit, window=window)
+    same_span = [c for c in candidates if c.window is not None and math.isclose(c.window, a.budget.per)]
+    return min(same_span or candidates, key=lambda c: (c.remaining, -(c.reset or 0.0)))
 
 
-def _ietf_policies(headers: Headers) -> dict[str, tuple[int | None, float | None, str | None]]:
-    """RateLimit-Policy: name -> (quota, window, quota unit)."""
-    out: dict[str, tuple[int | None, float | None, str | None]] = {}
+def _ietf_policies(headers: Headers) -> dict[str, _Quota]:
+    out: dict[str, _Quota] = {}
     for item, params in _members(headers, "RateLimit-Policy") or ():
         if isinstance(item, str):
             quota, window, unit = _whole(params.get("q")), _whole(params.get("w")), params.get("qu")
-            out[item] = (
+            out[item] = _Quota(
                 int(quota) if quota is not None else None,
-                window if window else None,
+                window or None,
                 unit if isinstance(unit, str) else None,
             )
     return out
 
 
-def _ietf_older(a: _Answer, policies: dict[str, tuple[int | None, float | None, str | None]]) -> Reading:
-    limit: int | None = None
-    window: float | None = None
-    same_span = [(q, w) for q, w, unit in policies.values()
-                 if q is not None and w is not None and unit in (None, "requests") and math.isclose(w, a.budget.per)]
-    if same_span:
-        limit, window = min(same_span)
-    else:
-        limit, window = _older_limit(a.headers)
-    remaining = _count(a.headers.get("RateLimit-Remaining"))
-    reset = _reset(a.headers.get("RateLimit-Reset"), a.now)
-    return Reading(remaining=remaining, reset=reset, limit=limit, window=window)
+def _ietf_older(a: _Answer, policies: dict[str, _Quota]) -> Reading:
+    same_span = [(q.limit, q.window) for q in policies.values()
+                 if q.limit is not None and q.window is not None and q.counts_requests()
+                 and math.isclose(q.window, a.budget.per)]
+    limit, window = min(same_span) if same_span else _older_limit(a.headers)
+    return Reading(
+        remaining=_count(a.headers.get("RateLimit-Remaining")),
+        reset=_reset(a.headers.get("RateLimit-Reset"), a.now),
+        limit=limit,
+        window=window,
+    )
 
 
 def _older_limit(headers: Headers) -> tuple[int | None, float | None]:

@@ -211,16 +211,16 @@ def test_a_smaller_vendor_limit_over_the_same_span_lowers_ours():
 
 def test_quota_refusals_are_told_apart_from_refused_credentials():
     hubspot, salesforce = {"hubspot-daily", "hubspot-interval"}, {"salesforce-daily"}
-    assert is_quota_refusal(hubspot, 429, headers(), HUBSPOT_DAILY_429)
-    assert not is_quota_refusal(hubspot, 429, headers(), HUBSPOT_INTERVAL_429)
-    assert not is_quota_refusal({"hubspot-interval"}, 429, headers(), HUBSPOT_DAILY_429)
-    assert is_quota_refusal(salesforce, 403, headers(), SALESFORCE_403)
-    assert is_quota_refusal(salesforce, 403, headers(), SALESFORCE_CONCURRENT)
-    assert is_quota_refusal(salesforce, 403, headers(), SALESFORCE_403[:-2])  # cut short
-    assert not is_quota_refusal(salesforce, 401, headers(), SALESFORCE_403)
-    assert not is_quota_refusal(salesforce, 403, headers(), b'[{"errorCode":"INVALID_SESSION_ID"}]')
-    assert not is_quota_refusal(salesforce, 403, headers(), b'{"message": "REQUEST_LIMIT_EXCEEDED is not a code here"}')
-    assert not is_quota_refusal(set(), 403, headers(), SALESFORCE_403)
+    assert is_quota_refusal(hubspot, 429, HUBSPOT_DAILY_429)
+    assert not is_quota_refusal(hubspot, 429, HUBSPOT_INTERVAL_429)
+    assert not is_quota_refusal({"hubspot-interval"}, 429, HUBSPOT_DAILY_429)
+    assert is_quota_refusal(salesforce, 403, SALESFORCE_403)
+    assert is_quota_refusal(salesforce, 403, SALESFORCE_CONCURRENT)
+    assert is_quota_refusal(salesforce, 403, SALESFORCE_403[:-2])  # cut short
+    assert not is_quota_refusal(salesforce, 401, SALESFORCE_403)
+    assert not is_quota_refusal(salesforce, 403, b'[{"errorCode":"INVALID_SESSION_ID"}]')
+    assert not is_quota_refusal(salesforce, 403, b'{"message": "REQUEST_LIMIT_EXCEEDED is not a code here"}')
+    assert not is_quota_refusal(set(), 403, SALESFORCE_403)
 
 
 def test_the_body_is_read_only_for_answers_that_may_be_quota_refusals():
