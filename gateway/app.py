@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway import admin_api, server
 from gateway.attempts import Attempts
+from gateway.auth_stops import AuthStops
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
 from gateway.cache import ResponseCache
@@ -32,7 +33,8 @@ from gateway.pipeline import Pipeline
 from gateway.sealing import Sealer
 from gateway.server import count_errors, origin_form_only
 from gateway.state import (
-    BREAKERS, BUDGETS, DEAD_LETTERS, DRAINING, METRICS, NOTIFIER, PIPELINE, SETTINGS, STORAGE, TOKENS, WATCH,
+    AUTH_STOPS, BREAKERS, BUDGETS, DEAD_LETTERS, DRAINING, METRICS, NOTIFIER, PIPELINE, SETTINGS, STORAGE, TOKENS,
+    WATCH,
 )
 from gateway.storage import open_storage
 from gateway.tokens import TokenProvider
@@ -78,6 +80,10 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
+def _never() -> bool:
+    return False
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     config = settings.config
@@ -102,8 +108,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[TOKENS] = tokens
     dead_letters = app[DEAD_LETTERS] = DeadLetters(storage, app[METRICS], settings.policies)
     breakers = app[BREAKERS] = CircuitBreakers(storage, app[METRICS])
+    failing = {vendor: tokens[vendor].failing if vendor in tokens else _never for vendor in settings.policies}
+    auth_stops = app[AUTH_STOPS] = AuthStops(storage, app[METRICS], failing)
     budgets = app[BUDGETS] = Budgets(storage, app[METRICS], config)
-    attempts = Attempts(clients, credentials, breakers, budgets, app[METRICS])
+    attempts = Attempts(clients, credentials, breakers, auth_stops, budgets, app[METRICS])
     pipeline = app[PIPELINE] = Pipeline(
         settings, attempts, ResponseCache(storage, app[METRICS]), dead_letters, app[METRICS]
     )

@@ -7,11 +7,12 @@ _send_single_request``:
   with a 401 is refreshed and sent once more (once per request, and only when the body
   can be sent again).
 - ``_admitted_send``: one attempt. Budget first (a half-open breaker's one probe must
-  never wait for budget), then the breaker, the credential, the send; what the answer
-  says is recorded for the budgets, the breaker and the metrics. An attempt that never
-  reached the vendor gives its charge back.
+  never wait for budget), then the auth stop and the breaker, the credential, the send;
+  what the answer says is recorded for the budgets, the breaker and the metrics. An
+  attempt that never reached the vendor gives its charge back.
 
-The answer's body is not read here.
+The answer's body is not read here, but for the first bytes of an answer that may be a
+quota refusal (gateway.core.signals), which are left in it for the caller.
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ from dataclasses import dataclass, replace
 import aiohttp
 from multidict import CIMultiDict
 
+from gateway.auth_stops import AuthStops
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
 from gateway.config.model import Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
+from gateway.core.auth_stop import Admission as AuthAdmission
 from gateway.core.breaker import is_failure
+from gateway.core.signals import is_quota_refusal, refusal_body_size
 from gateway.core.headers import parse_retry_after
 from gateway.core.routing import upstream_url
 from gateway.credentials import CredentialProvider
 from gateway.errors import CircuitOpen, GatewayError, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
 from gateway.request import RequestContext, UpstreamRequest
-from gateway.upstream import AttemptFailed, UpstreamClients
+from gateway.upstream import AttemptFailed, UpstreamClients, peek_answer
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -51,6 +55,8 @@ class Tried:
     outcome: Outcome
     reason: str
     headers: CIMultiDict[str]  # as sent, the credential included
+    auth: AuthAdmission  # what the auth stop said of it (a refresh's retry: the same)
+    quota: bool = False  # the vendor refused it for a quota (core.signals.is_quota_refusal)
 
 
 class Attempts:
@@ -59,12 +65,14 @@ class Attempts:
         clients: UpstreamClients,
         credentials: Mapping[str, CredentialProvider],
         breakers: CircuitBreakers,
+        auth_stops: AuthStops,
         budgets: Budgets,
         metrics: Metrics,
     ) -> None:
         self.clients = clients
         self.credentials = credentials
         self._breakers = breakers
+        self.auth_stops = auth_stops
         self._budgets = budgets
         self._metrics = metrics
 
@@ -103,17 +111,22 @@ class Attempts:
         may_renew: bool,
     ) -> tuple[Tried, bool]:
         """One attempt, and one more with a fresh token when the vendor no longer takes the
-        one sent; True when this request's one renewal was used."""
+        one sent; True when this request's one renewal was used. The answer it comes to
+        is the auth stop's to count (the retry with a fresh token goes as the same probe)."""
         tried = await self._admitted_send(ctx, policy, out, credential)
-        if not (may_renew and tried.answer is not None and tried.answer.status == 401 and out.body.replayable):
-            return tried, False
-        if await credential.rejected(tried.headers):
+        renewed = may_renew and tried.answer is not None and tried.answer.status == 401 and out.body.replayable
+        if renewed and tried.answer is not None and await credential.rejected(tried.headers):
             tried.answer.close()
-            tried = await self._admitted_send(ctx, policy, out, credential)
-        return tried, True
+            tried = await self._admitted_send(ctx, policy, out, credential, tried.auth)
+        if tried.answer is None:
+            await self.auth_stops.unanswered(policy, tried.auth)
+        elif not tried.quota:
+            await self.auth_stops.record(policy, tried.auth, tried.answer.status)
+        return tried, renewed
 
     async def _admitted_send(
-        self, ctx: RequestContext, policy: Policy, out: UpstreamRequest, credential: CredentialProvider
+        self, ctx: RequestContext, policy: Policy, out: UpstreamRequest, credential: CredentialProvider,
+        auth: AuthAdmission | None = None,
     ) -> Tried:
         charged = ctx.charged = self._budgets.charges_for(policy, out.method, out.target.path, ctx.who)
         queued = time.monotonic()
@@ -122,7 +135,10 @@ class Attempts:
         ctx.budget_seconds += admitted - queued
         breaker = policy.circuit_breaker
         answer: aiohttp.ClientResponse | None = None
+        quota = False
         try:
+            if auth is None:
+                auth = await self.auth_stops.admit(policy)
             probe = await self._breaker_admits(policy)
             ctx.attempts += 1
             headers = out.headers.copy()
@@ -134,6 +150,8 @@ class Attempts:
             if not (isinstance(exc, AttemptFailed) and exc.sent):
                 await self._budgets.give_back(policy, charged)
             if not isinstance(exc, AttemptFailed):
+                if auth is not None:  # admitted, then stopped by something else: no answer
+                    await self.auth_stops.unanswered(policy, auth)
                 raise
             if out.body.failure is not None:
                 raise copy.copy(out.body.failure) from None  # the caller's doing, not the vendor's
@@ -143,16 +161,21 @@ class Attempts:
             retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
             outcome = Outcome(status=answer.status, retry_after=retry_after)
             reason = f"status {answer.status}"
-            await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers)
+            size = refusal_body_size(policy.signals, answer.status)
+            head = await peek_answer(answer, size) if size else b""
+            quota = is_quota_refusal(policy.signals, answer.status, head) if head else False
+            await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers, head)
         self._metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
         took = time.monotonic() - started
         ctx.upstream_seconds += took
         self._metrics.upstream_duration.labels(policy.vendor).observe(took)
         # From its turn, not its send: a busy process may send a little after the turn.
         self._budgets.observe(policy.vendor, time.monotonic() - admitted)
+        assert auth is not None  # admitted, or raised above
         if breaker is not None:
-            await self._breakers.record(policy.vendor, breaker, is_failure(outcome.status, outcome.failure), probe)
-        return Tried(answer, outcome, reason, headers)
+            failed = is_failure(outcome.status, outcome.failure) and not quota
+            await self._breakers.record(policy.vendor, breaker, failed, probe)
+        return Tried(answer, outcome, reason, headers, auth, quota)
 
     async def _breaker_admits(self, policy: Policy) -> bool:
         """Whether this attempt is the half-open breaker's probe; CircuitOpen when it is open."""

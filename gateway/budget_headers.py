@@ -1,5 +1,5 @@
 """What budgets read from headers and write into them: what a vendor's answer says of a
-budget (Retry-After, the ``follow`` headers), a caller's X-Gateway-Max-Wait, the RateLimit
+budget (Retry-After, what its ``follow`` reads), a caller's X-Gateway-Max-Wait, the RateLimit
 headers added to answers, and a budget's standing in /_gateway/status. Pure functions.
 """
 
@@ -7,35 +7,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
 
 from gateway.config.model import Budget, Policy
 from gateway.core.budget import Adjustment, Level
+from gateway.core.signals import BudgetWindow, Headers, Reading, combine, read_follow
 from gateway.errors import BadRequest
 
 # Vendor answers said to wait longer than this are taken to say this (a day).
 MAX_PAUSE = 86400.0
 
 
-def vendor_said(budget: Budget, status: int, retry_after: float | None, headers: Any, now: float) -> Adjustment | None:
-    """What the vendor's answer says of one budget: a 429 or 503 with Retry-After pauses it,
-    its ``follow`` headers give what is left; None when it says nothing."""
-    pause = min(retry_after, MAX_PAUSE) if retry_after is not None and status in (429, 503) else None
-    remaining = reset = None
-    follow = budget.follow
-    if follow is not None:
-        remaining = _number(headers.get(follow.remaining))
-        if follow.reset is not None:
-            reset = _number(headers.get(follow.reset))
-            if reset is not None and follow.reset_unit == "ms":
-                reset /= 1000
-            elif reset is not None and follow.reset_unit == "epoch":
-                reset -= now
-    if reset is not None:
-        reset = min(reset, MAX_PAUSE)
-    if pause is None and remaining is None:
+def vendor_said(budget: Budget, window: BudgetWindow, status: int, retry_after: float | None, headers: Headers,
+               head: bytes, now: float) -> list[Reading]:
+    """What the vendor's answer (its status, headers and the first bytes of its body) says
+    of one budget: a 429 or 503 with Retry-After pauses it; what its ``follow`` reads."""
+    readings = []
+    if retry_after is not None and status in (429, 503):
+        readings.append(Reading(pause=min(retry_after, MAX_PAUSE)))
+    if budget.follow is not None:
+        readings.append(read_follow(budget.follow, status, headers, head, now, window))
+    return readings
+
+
+def strictest(readings: Sequence[Reading]) -> Adjustment | None:
+    """The readings of one budget as one adjustment, the strictest winning, no pause or
+    reset longer than MAX_PAUSE; None when they say nothing."""
+    said = combine(readings)
+    if said is None:
         return None
-    return Adjustment(pause=pause, remaining=remaining, reset=reset)
+    return replace(
+        said,
+        pause=None if said.pause is None else min(said.pause, MAX_PAUSE),
+        reset=None if said.reset is None else min(said.reset, MAX_PAUSE),
+    )
 
 
 def _number(value: str | None) -> float | None:

@@ -36,7 +36,8 @@ from gateway.core.budget import (
     fixed_window,
     slot_width,
 )
-from gateway.budget_headers import MAX_PAUSE, rate_limit_headers, standing, vendor_said
+from gateway.budget_headers import rate_limit_headers, standing, strictest, vendor_said
+from gateway.core.signals import BudgetWindow, Headers, Reading, smaller_limit
 from gateway.errors import BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.forecast import BudgetForecasts
 from gateway.metrics import Metrics
@@ -139,6 +140,8 @@ class Budgets:
         self._last: dict[tuple[str, str], Level] = {}  # levels last read from shared storage
         self._seeded: set[tuple[str, str]] = set()  # fallback budgets started from those
         self.forecasts = BudgetForecasts(metrics, config.workers)
+        # Smaller limits the vendors said they have, per (vendor, budget name, limit, per).
+        self._limits: dict[tuple[str, str, int, float], int] = {}
         storage.health.watch(self._storage_changed)
 
     def charges_for(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
@@ -146,14 +149,14 @@ class Budgets:
         budgets = tuple(b for b in policy.budgets if b.match is None or b.match.fits(method, path))
         high = caller.priority == "high"
         slowest = self._slowest.get(policy.vendor)
-        return Charged(budgets, tuple(self._charge(b, caller.name, high, now, slowest) for b in budgets))
+        return Charged(budgets, tuple(self._charge(policy.vendor, b, caller.name, high, now, slowest) for b in budgets))
 
     def observe(self, vendor: str, seconds: float) -> None:
         """How long an upstream attempt took to answer (or fail)."""
         self._slowest.setdefault(vendor, SlowestAnswer()).observe(seconds, time.time())
 
     def _charge(
-        self, budget: Budget, caller: str, high: bool, now: float, slowest: SlowestAnswer | None = None
+        self, vendor: str, budget: Budget, caller: str, high: bool, now: float, slowest: SlowestAnswer | None = None
     ) -> Charge:
         window = (0.0, 0.0, 0.0)
         if budget.window == FIXED:
@@ -172,13 +175,14 @@ class Budgets:
         # The kind and span are in the key: a policy changed to other ones starts afresh
         # instead of reading counts kept in another form.
         key = f"{budget.name}:{kind}:{budget.per:g}"
+        limit = self._limits.get((vendor, budget.name, budget.limit, budget.per), budget.limit)
         return Charge(
             key=key if budget.key == "shared" else f"{key}:{caller}",
             kind=kind,
-            limit=budget.limit,
+            limit=limit,
             per=budget.per,
             cost=budget.cost,
-            held=0.0 if high else budget.reserve * budget.limit,
+            held=0.0 if high else budget.reserve * limit,
             shadow=budget.shadow,
             window=window,
             margin=margin,
@@ -251,24 +255,34 @@ class Budgets:
             pass  # the place stays taken until its time passes: a waste, nothing worse
 
     async def follow_answer(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
-                    headers: Any) -> None:
-        """Apply what the vendor's answer says: a 429 or 503 with Retry-After pauses every
-        charged budget; ``follow`` headers lower our counters to the vendor's."""
+                            headers: Headers, head: bytes = b"") -> None:
+        """Apply what the vendor's answer says (``head``: the first bytes of its body, when
+        a quota refusal may be in it): a 429 or 503 with Retry-After, or a quota refusal,
+        pauses the budgets; what ``follow`` reads lowers them, the strictest reading winning.
+        A status in ``refund_on`` gives the charge back after, the pause still holding."""
         if not charged.reserved:
             return
-        said = [vendor_said(budget, status, retry_after, headers, time.time()) for budget in charged.budgets]
-        if all(s is None for s in said):
-            return
-        vendor = policy.vendor
-        adjustments = [s or Adjustment() for s in said]
-        until = 0.0
-        if retry_after is not None and status in (429, 503):
-            until = time.time() + min(retry_after, MAX_PAUSE)
-            for charge in charged.charges:
-                if not charge.shadow:
-                    key = (vendor, charge.key)
-                    self._pauses[key] = max(self._pauses.get(key, 0.0), until)
-            log.info("%s answered %d: budgets paused for %.1fs", vendor, status, min(retry_after, MAX_PAUSE))
+        vendor, now = policy.vendor, time.time()
+        adjustments: list[Adjustment] = []
+        for budget, charge, level in zip(charged.budgets, charged.charges, self._levels_of(charged)):
+            readings = vendor_said(budget, BudgetWindow.of(charge, level), status, retry_after, headers, head, now)
+            self._learn_limit(vendor, budget, readings)
+            adjustments.append(strictest(readings) or Adjustment())
+        if any(a != Adjustment() for a in adjustments):
+            await self._adjust(vendor, charged, status, adjustments, now)
+        if status in policy.refund_on:
+            await self.refund(vendor, charged)
+
+    async def _adjust(self, vendor: str, charged: Charged, status: int, adjustments: Sequence[Adjustment],
+                      now: float) -> None:
+        paused = 0.0
+        for charge, said in zip(charged.charges, adjustments):
+            if said.pause and not charge.shadow:
+                key = (vendor, charge.key)
+                self._pauses[key] = max(self._pauses.get(key, 0.0), now + said.pause)
+                paused = max(paused, said.pause)
+        if paused:
+            log.info("%s answered %d: budgets paused for %.1fs", vendor, status, paused)
         try:
             verdict = await self._shared(
                 vendor, lambda store, charges: store.adjust_budgets(vendor, charges, adjustments), charged
@@ -277,14 +291,33 @@ class Budgets:
             return
         if verdict is None:
             return
-        if charged.local and until:
-            for charge in charged.charges:
-                if not charge.shadow:
+        if charged.local:
+            for charge, said in zip(charged.charges, adjustments):
+                if said.pause and not charge.shadow:
                     unseen = self._unseen_of(vendor, charge)
-                    unseen.paused = max(unseen.paused, until)
+                    unseen.paused = max(unseen.paused, now + said.pause)
         charged.levels = verdict.levels
         for budget, lv in zip(charged.budgets, verdict.levels):
             self._metrics.budget_remaining.labels(vendor, budget.name).set(lv.remaining)
+
+    @staticmethod
+    def _levels_of(charged: Charged) -> Sequence[Level]:
+        """The levels the charge left (a full budget for one the charge did not report)."""
+        if len(charged.levels) == len(charged.charges):
+            return charged.levels
+        return [Level(int(c.limit), c.per) for c in charged.charges]
+
+    def _learn_limit(self, vendor: str, budget: Budget, readings: Sequence[Reading]) -> None:
+        """A vendor limit smaller than the budget's over the same span becomes the budget's
+        (for this process, while the policy keeps that limit), said once in the log."""
+        limit_key = (vendor, budget.name, budget.limit, budget.per)
+        for reading in readings:
+            smaller = smaller_limit(reading, self._limits.get(limit_key, budget.limit), budget.per)
+            if smaller is None:
+                continue
+            self._limits[limit_key] = max(smaller, budget.cost)
+            log.warning("%s says its limit for budget %r is %d per %gs, under the policy's %d: the budget "
+                        "uses %d", vendor, budget.name, smaller, budget.per, budget.limit, self._limits[limit_key])
 
     async def give_back(self, policy: Policy, charged: Charged) -> None:
         """An attempt that never reached the vendor (breaker open, no credential, connection
@@ -308,7 +341,7 @@ class Budgets:
             }
             who = users if budget.key == "caller" else [ANONYMOUS]
             now = time.time()
-            charged = Charged((budget,) * len(who), tuple(self._charge(budget, c.name, True, now) for c in who))
+            charged = Charged((budget,) * len(who), tuple(self._charge(vendor, budget, c.name, True, now) for c in who))
             verdict = await self._peek(vendor, charged)
             if verdict is None:
                 entry.update(remaining=None, reset=None, exhausts_in=None)

@@ -186,6 +186,13 @@ class CredentialsUnavailable(ServiceUnavailable):
     title = "No valid credential for the vendor"
 
 
+class CredentialsRejected(ServiceUnavailable):
+    """The vendor keeps refusing our credential: its calls are stopped (the auth stop)."""
+
+    type = "credentials-rejected"
+    title = "The vendor rejects our credential"
+
+
 class StorageUnavailable(ServiceUnavailable):
     type = "storage-unavailable"
     title = "Budget storage unavailable"

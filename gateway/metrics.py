@@ -101,6 +101,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.credential_state = Gauge(
+            "gateway_credential_state",
+            "Credential state: 0 ok (or static), 1 failing (the token endpoint), 2 rejected (the auth stop)",
+            ["vendor"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
         self.budget_remaining = Gauge(
             "gateway_budget_remaining",
             "Units left in a budget after the latest request charged to it (per caller: that caller's)",

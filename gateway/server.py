@@ -16,7 +16,9 @@ from gateway.answers import GATEWAY_ERROR, problem_response
 from gateway.connections import CallerServer
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageError
 from gateway.request import request_id
-from gateway.state import BREAKERS, BUDGETS, DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
+from gateway.core.auth_stop import REJECTED
+from gateway.metrics import Metrics
+from gateway.state import AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
 
 
 class GatewayRunner(web.AppRunner):
@@ -91,9 +93,14 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({**body, "status": "ready"}, status=200)
 
 
+def _refreshed(request: web.Request) -> Metrics:
+    request.app[AUTH_STOPS].refresh_gauges()
+    return request.app[METRICS]
+
+
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(
-        body=request.app[METRICS].render(),
+        body=_refreshed(request).render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 
@@ -104,9 +111,13 @@ async def status(request: web.Request) -> web.Response:
     tokens = request.app[TOKENS]
     breakers = request.app[BREAKERS]
     budgets = request.app[BUDGETS]
+    auth_stops = request.app[AUTH_STOPS]
     vendors: dict[str, dict[str, object]] = {}
     for vendor, policy in sorted(settings.policies.items()):
         credentials = tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"}
+        stop = await auth_stops.standing(policy)
+        if stop.state == REJECTED:
+            credentials.update(state="rejected", probing=stop.probing, next_probe_in=round(stop.retry_after, 3))
         breaker = policy.circuit_breaker
         vendors[vendor] = {
             "upstream": policy.upstream.url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.auth_stops import AuthStops
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
 from gateway.config.loader import Settings
@@ -20,6 +21,7 @@ STORAGE = web.AppKey("storage", Storage)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 BUDGETS = web.AppKey("budgets", Budgets)
 BREAKERS = web.AppKey("breakers", CircuitBreakers)
+AUTH_STOPS = web.AppKey("auth_stops", AuthStops)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 NOTIFIER = web.AppKey("notifier", Notifier)  # reloads and auth stops tell through it
 WATCH = web.AppKey("watch", Watch)

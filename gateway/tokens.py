@@ -137,6 +137,10 @@ class TokenProvider:
         self._forced = (record.access_token, now)
         return True
 
+    def failing(self) -> bool:
+        """Whether status() says "failing" (for gateway_credential_state)."""
+        return bool(self.status()["state"] == "failing")
+
     def status(self) -> dict[str, Any]:
         now = self._clock()
         token = self._held.record

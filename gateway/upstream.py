@@ -8,6 +8,7 @@ listens at its address) sent may be anything, and problems and dead letters show
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -115,6 +116,26 @@ async def read_answer(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise AnswerBroke(len(head), upstream.content_length, exc) from None
     return bytes(head)
+
+
+async def peek_answer(upstream: aiohttp.ClientResponse, size: int) -> bytes:
+    """The first ``size`` bytes of the answer's body (all of a shorter one), left in place:
+    whoever reads the answer after still reads all of it. An answer that breaks off gives
+    what came before; its reader finds out."""
+    content = upstream.content
+    head = bytearray()
+    try:
+        while len(head) < size and (chunk := await content.readany()):
+            head += chunk
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        pass  # the stream keeps its error: the answer's reader meets it
+    finally:
+        with warnings.catch_warnings():
+            # unread_data is deprecated (aiohttp #3260) and has no replacement: it is the
+            # one way to look at a streamed body's first bytes without taking them.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            content.unread_data(bytes(head))
+    return bytes(head[:size])
 
 
 def describe_invalid(exc: BaseException, first_line: str = "status line") -> str:

@@ -25,7 +25,6 @@ from gateway.config.credentials import (
 )
 from gateway.config.secrets import Secret
 from gateway.config.spec import (
-    HEADER_NAME,
     AnyOf,
     Bool,
     Field,
@@ -45,6 +44,7 @@ from gateway.config.units import Duration, Percent, Size
 from gateway.config.urls import URL, check_storage_url
 from gateway.config.yamlread import LineList
 from gateway.config.paths import RESERVED_VENDORS, VENDOR_NAME, Glob
+from gateway.config.vendor_signals import AUTH_FAILURES, FOLLOW, AuthFailures, Follow
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CACHEABLE_METHODS = frozenset({"GET", "HEAD", "POST"})
@@ -120,13 +120,6 @@ MATCH = Obj(
 
 
 @dataclass(frozen=True)
-class Follow:
-    remaining: str
-    reset: str | None
-    reset_unit: str
-
-
-@dataclass(frozen=True)
 class Budget:
     name: str
     limit: int
@@ -169,16 +162,7 @@ BUDGET = Obj(
         "key": Field(Str(enum=("shared", "caller")), default="shared"),
         "reserve": Field(Percent(), default=0.0),
         "shadow": Field(Bool(), default=False),
-        "follow": Field(
-            Obj(
-                Follow,
-                {
-                    "remaining": Field(HEADER_NAME, required=True),
-                    "reset": Field(HEADER_NAME),
-                    "reset_unit": Field(Str(enum=("seconds", "ms", "epoch")), default="seconds"),
-                },
-            )
-        ),
+        "follow": Field(FOLLOW),
     },
     check=_check_budget,
 )
@@ -341,7 +325,14 @@ class Policy:
     circuit_breaker: CircuitBreaker | None
     cache: tuple[CacheRule, ...]
     dead_letter: bool
+    auth_failures: AuthFailures = AuthFailures()
+    refund_on: frozenset[int] = frozenset()  # the vendor's refusals it does not charge: their charge goes back
     source: str = ""
+
+    @property
+    def signals(self) -> frozenset[str]:
+        """The vendor signals its budgets follow."""
+        return frozenset(b.follow.signal for b in self.budgets if b.follow is not None and b.follow.signal)
 
 
 def _check_policy(p: dict[str, Any], r: Reporter) -> None:
@@ -353,7 +344,7 @@ def _check_policy(p: dict[str, Any], r: Reporter) -> None:
 
 
 POLICY = Obj(
-    lambda upstream, **rest: Policy(upstream=_upstream(upstream), **rest),
+    lambda upstream, refund_on, **rest: Policy(upstream=_upstream(upstream), refund_on=frozenset(refund_on), **rest),
     {
         "vendor": Field(
             Str(pattern=VENDOR_NAME.pattern, check=_check_vendor, description="URL prefix: /{vendor}/..."),
@@ -368,6 +359,15 @@ POLICY = Obj(
         "circuit_breaker": Field(BREAKER),
         "cache": Field(ListOf(CACHE_RULE), default=()),
         "dead_letter": Field(Bool(), default=False),
+        "auth_failures": Field(AUTH_FAILURES, default=AuthFailures()),
+        "refund_on": Field(
+            ListOf(
+                Int(minimum=400, maximum=599),
+                description="statuses the vendor does not charge against its limits (ZoomInfo: [429]): "
+                "the budgets get the request's charge back",
+            ),
+            default=(),
+        ),
     },
     check=_check_policy,
     description="one vendor's policy for the gateway",

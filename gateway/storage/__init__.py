@@ -14,6 +14,7 @@ from pathlib import Path
 from gateway.storage.memory import MemoryStorage
 from gateway.storage.redis import RedisStorage
 from gateway.storage.stores import (
+    AuthStopStore as AuthStopStore,
     BreakerStore as BreakerStore,
     BudgetStore as BudgetStore,
     CacheStore as CacheStore,

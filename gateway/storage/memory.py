@@ -3,7 +3,7 @@
 What must outlive the process is kept in the local store under ``data_dir``: token
 records as they change (a restart resumes with the last rotated refresh token instead
 of the configured, dead, one), dead letters as they are kept, and budgets (their
-pauses too) and breakers about once a second (``kept.py``).
+pauses too), breakers and auth stops about once a second (``kept.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gateway.config.model import CircuitBreaker
+from gateway.config.vendor_signals import AuthFailures
+from gateway.core.auth_stop import Admission as AuthAdmission, AuthStopState, Standing
 from gateway.core.breaker import Admission, BreakerState
 from gateway.core.budget import Adjustment, BudgetBook, BudgetState, Charge, Verdict, lasts_until
 from gateway.core.cache import next_generation
@@ -125,7 +127,9 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         self._notices: dict[str, float] = {}  # name -> claimed until
         self._kept_budgets: Section[Charge] = Section("budget", self._export_budget, self._restore_budget)
         self._kept_breakers: Section[CircuitBreaker] = Section("breaker", self._export_breaker, self._restore_breaker)
-        self._keeper = StateKeeper(self._local, [self._kept_budgets, self._kept_breakers])
+        self._auth_stops: dict[str, AuthStopState] = {}
+        self._kept_auth_stops: Section[None] = Section("auth_stop", self._export_auth_stop, self._restore_auth_stop)
+        self._keeper = StateKeeper(self._local, [self._kept_budgets, self._kept_breakers, self._kept_auth_stops])
         self._keeper.load()
 
     def _export_budget(self, key: str, charge: Charge) -> tuple[object, float]:
@@ -141,6 +145,13 @@ class MemoryStorage(LocalBudgets, MemoryCache):
 
     def _restore_breaker(self, vendor: str, record: object) -> None:
         self._breakers[vendor] = BreakerState.from_record(record)
+
+    def _export_auth_stop(self, vendor: str, _: None) -> tuple[object, float]:
+        state = self._auth_stops.get(vendor) or AuthStopState()
+        return state.to_record(), state.lasts_until()
+
+    def _restore_auth_stop(self, vendor: str, record: object) -> None:
+        self._auth_stops[vendor] = AuthStopState.from_record(record)
 
     def _budgets_changed(self, vendor: str, charges: Sequence[Charge]) -> None:
         # On every request, so the keeper's call per entry is saved.
@@ -205,6 +216,29 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         state = self._breakers.setdefault(vendor, BreakerState()).record(config, time.time(), failure, probe)
         self._keeper.changed(self._kept_breakers, vendor, config)
         return state
+
+    def _auth_stop(self, vendor: str) -> AuthStopState:
+        return self._auth_stops.setdefault(vendor, AuthStopState())
+
+    async def auth_stop_peek(self, vendor: str) -> Standing:
+        return self._auth_stop(vendor).peek(time.time())
+
+    async def auth_stop_admit(self, vendor: str) -> AuthAdmission:
+        return self._auth_stop(vendor).admit(time.time())
+
+    async def auth_stop_record(self, vendor: str, config: AuthFailures, refused: bool, probe: bool) -> int:
+        state = self._auth_stop(vendor).record(config, time.time(), refused, probe)
+        self._keeper.changed(self._kept_auth_stops, vendor, None)
+        return state
+
+    async def auth_stop_unanswered(self, vendor: str, probe: bool) -> int:
+        state = self._auth_stop(vendor).unanswered(time.time(), probe)
+        self._keeper.changed(self._kept_auth_stops, vendor, None)
+        return state
+
+    async def auth_stop_clear(self, vendor: str) -> None:
+        self._auth_stop(vendor).credentials_changed()
+        self._keeper.changed(self._kept_auth_stops, vendor, None)
 
     async def put_dead_letter(self, entry: DeadLetter) -> None:
         await self._local.put_entry(entry.id, entry.vendor, entry.to_json())

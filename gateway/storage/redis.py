@@ -32,6 +32,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 
 from gateway.config.model import CircuitBreaker
+from gateway.config.vendor_signals import AuthFailures
+from gateway.core.auth_stop import Admission as AuthAdmission, Standing
 from gateway.core.breaker import Admission
 from gateway.core.budget import EPSILON, Adjustment, BudgetState, Charge, Level, Verdict, prune
 from gateway.core.dead_letter import DeadLetter
@@ -107,6 +109,7 @@ class RedisStorage:
         self._unlock = self.client.register_script(_script("unlock.lua"))
         self._put_if_unchanged = self.client.register_script(_script("put_if_unchanged.lua"))
         self._breaker = self.client.register_script(_script("breaker.lua"))
+        self._auth_stop = self.client.register_script(_script("auth_stop.lua"))
         self._update_entry = self.client.register_script(_script("update_entry.lua"))
         self._budget = self.client.register_script(_script("budget.lua"))
         self._invalidate = self.client.register_script(_script("invalidate.lua"))
@@ -167,6 +170,35 @@ class RedisStorage:
             "breaker", lambda: self._breaker(keys=[key(vendor, "breaker")], args=args)
         )
         return Admission(bool(allowed), bool(is_probe), float(retry_after), int(state))
+
+    async def auth_stop_peek(self, vendor: str) -> Standing:
+        state, probing, retry_after = await self.auth_stop_call(vendor, "peek")
+        return Standing(int(state), bool(probing), float(retry_after))
+
+    async def auth_stop_admit(self, vendor: str) -> AuthAdmission:
+        allowed, probe, retry_after, state = await self.auth_stop_call(vendor, "admit")
+        return AuthAdmission(bool(allowed), bool(probe), float(retry_after), int(state))
+
+    async def auth_stop_record(self, vendor: str, config: AuthFailures, refused: bool, probe: bool) -> int:
+        reply = await self.auth_stop_call(vendor, "record", config, refused=refused, probe=probe)
+        return int(reply[3])
+
+    async def auth_stop_unanswered(self, vendor: str, probe: bool) -> int:
+        return int((await self.auth_stop_call(vendor, "unanswered", probe=probe))[3])
+
+    async def auth_stop_clear(self, vendor: str) -> None:
+        await self.auth_stop_call(vendor, "credentials_changed")
+
+    async def auth_stop_call(
+        self, vendor: str, op: str, config: AuthFailures = AuthFailures(), *, refused: bool = False,
+        probe: bool = False, now: float | None = None,
+    ) -> Any:
+        """One step of the vendor's auth stop (auth_stop.lua); ``now`` only for tests."""
+        args: list[str | float] = [op, "" if now is None else repr(now), config.after, config.probe_every,
+                                   int(refused), int(probe)]
+        return await self._guarded(
+            "auth stop", lambda: self._auth_stop(keys=[key(vendor, "auth_stop")], args=args)
+        )
 
     async def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Verdict:
         return await self.budget_call(vendor, "charge", charges, arg=max_wait)

@@ -2,7 +2,7 @@
 
 Every backend (memory with the local SQLite store, Redis, Redis Cluster) implements them
 all, as ``Storage``, and turns its own failures (redis, sqlite3, OSError) into
-StorageError. Budgets and breakers, which have an in-process fallback, read the backend's
+StorageError. Budgets, breakers and auth stops, which have an in-process fallback, read the backend's
 ``health``: it alone decides when storage counts as failing and when as answering again.
 A queue store (async delivery, webhook ingress) will be one more protocol here.
 """
@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.model import CircuitBreaker
+from gateway.config.vendor_signals import AuthFailures
+from gateway.core.auth_stop import Admission as AuthAdmission, Standing
 from gateway.core.breaker import Admission
 from gateway.core.budget import Adjustment, Charge, Verdict
 from gateway.core.dead_letter import DeadLetter
@@ -46,6 +48,26 @@ class BreakerStore(Protocol):
 
     async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
         """Count an attempt's outcome; the breaker's state after it."""
+
+
+class AuthStopStore(Protocol):
+    """Each vendor's auth stop (gateway.core.auth_stop), shared by every process."""
+
+    health: StorageHealth
+
+    async def auth_stop_peek(self, vendor: str) -> Standing: ...
+
+    async def auth_stop_admit(self, vendor: str) -> AuthAdmission:
+        """Whether a request may go to the vendor; while stopped, only as the probe."""
+
+    async def auth_stop_record(self, vendor: str, config: AuthFailures, refused: bool, probe: bool) -> int:
+        """Count one final answer of the vendor; the state after it."""
+
+    async def auth_stop_unanswered(self, vendor: str, probe: bool) -> int:
+        """An attempt that got no answer (a probe's place is freed); the state after it."""
+
+    async def auth_stop_clear(self, vendor: str) -> None:
+        """The vendor's credentials changed: the stop ends."""
 
 
 class BudgetStore(Protocol):
@@ -118,7 +140,9 @@ class NoticeStore(Protocol):
         """True for the one caller that may send notice ``name`` within ``seconds``."""
 
 
-class Storage(TokenStore, BreakerStore, BudgetStore, CacheStore, DeadLetterStore, NoticeStore, Protocol):
+class Storage(
+    TokenStore, BreakerStore, AuthStopStore, BudgetStore, CacheStore, DeadLetterStore, NoticeStore, Protocol
+):
     """A backend: every store, its health, and its lifecycle."""
 
     name: str

@@ -182,7 +182,7 @@ def test_keys_tags_and_time_zones_that_python_refuses_are_problems(tmp_path):
     assert problems(tmp_path, POLICY + "dead_letter: !!bool maybe\n") == ["a.yaml:3: (yaml): cannot read this bool value: KeyError"]
     assert problems(tmp_path, POLICY + '"dead\\nletter": 1\n') == [
         "a.yaml:3: 'dead\\nletter': unknown field (expected one of: vendor, upstream, timeout, credentials, budgets, "
-        "when_exhausted, retry, circuit_breaker, cache, dead_letter)"
+        "when_exhausted, retry, circuit_breaker, cache, dead_letter, auth_failures, refund_on)"
     ]
     fixed = POLICY + "budgets:\n  - {{name: b, limit: 5, per: 1d, window: fixed, reset: '03:00', timezone: {}}}\n"
     for zone in ("America", "a" * 5000, "../../etc/passwd", "Europe/Paris/", "zone.tab"):
