@@ -119,6 +119,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     watch = Watch(notifier, tokens, pipeline.answers, budgets.forecasts)
     breakers.watch(watch.breaker_changed)
     dead_letters.watch(watch.dead_letter_kept)
+    auth_stops.watch(watch.credentials_rejected)
     storage.health.watch(watch.storage_changed)
     app[WATCH] = watch  # storage's health holds its listeners weakly
     notifier.start()

@@ -36,6 +36,7 @@ class AuthStops:
         self._local: dict[str, AuthStopState] = {}
         self._seen: dict[str, int] = {}  # per vendor: the state last seen
         self._rejected_until: dict[str, float] = {}  # per vendor: no request before then, as last seen
+        self._listeners: list[Callable[[str, bool], None]] = []
         storage.health.watch(self._storage_changed)
         self.refresh_gauges()
 
@@ -119,15 +120,23 @@ class AuthStops:
             value = FAILING_GAUGE if failing is not None and failing() else OK_GAUGE
         self._metrics.credential_state.labels(vendor).set(value)
 
+    def watch(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(vendor, rejected)`` when a vendor's stop starts or ends here."""
+        self._listeners.append(listener)
+
     def _changed(self, vendor: str, state: int, status: int | None = None) -> None:
         before = self._seen.get(vendor, OK)
         self._seen[vendor] = state
         if state == REJECTED and before != REJECTED and status is not None:
             log.error("%s refused our credential (%d) too many times in a row: its calls are stopped, "
                       "one probe goes now and then; put a valid credential in place and reload", vendor, status)
+            for listener in self._listeners:
+                listener(vendor, True)
         elif state != REJECTED and before == REJECTED:
             self._rejected_until.pop(vendor, None)
             log.warning("%s takes our credential again: its calls go again", vendor)
+            for listener in self._listeners:
+                listener(vendor, False)
         if state != before:
             self._set_gauge(vendor)
 

@@ -118,6 +118,14 @@ class Watch:
         elif state == CLOSED and before != CLOSED:
             self._notifier.tell("breaker_closed", vendor, f"{vendor}: circuit breaker closed: calls go through again")
 
+    def credentials_rejected(self, vendor: str, rejected: bool) -> None:
+        if rejected:
+            self._notifier.tell("credentials_rejected", vendor,
+                                f"{vendor}: the vendor refuses our credential: calls are stopped (503 "
+                                "credentials-rejected), one probe now and then; put a valid credential in place")
+        else:
+            self._notifier.tell("credentials_accepted", vendor, f"{vendor}: the vendor takes our credential again")
+
     def dead_letter_kept(self, vendor: str, count: int | None) -> None:
         kept = f" ({count} kept)" if count is not None else ""
         self._notifier.tell("dead_letters", vendor,

@@ -138,6 +138,17 @@ async def test_breaker_opened_and_dead_letters_kept_are_told(gateway, vendor, ai
     assert len([t for t in receiver.texts if "dead letters" in t]) == 1  # one per 10 min
 
 
+async def test_a_vendor_refusing_our_credential_is_told(gateway, vendor, aiohttp_server) -> None:
+    receiver = Receiver()
+    hook = await aiohttp_server(receiver.app())
+    policy = {"vendor": "shop", "upstream": vendor.url, "auth_failures": {"after": 2, "probe_every": "10m"}}
+    client = await gateway(policy, config={"notify": {"url": "${HOOK}"}},
+                           env={"HOOK": f"http://127.0.0.1:{hook.port}/hook"})
+    vendor.script(401, 401)
+    assert [(await client.get("/shop/x")).status for _ in range(3)] == [401, 401, 503]
+    assert "shop" in await receiver.told("refuses our credential")
+
+
 async def test_a_hanging_webhook_never_slows_requests(gateway, vendor, aiohttp_server) -> None:
     receiver = Receiver(hang=True)
     hook = await aiohttp_server(receiver.app())
