@@ -24,12 +24,13 @@ from gateway.budgets import Budgets
 from gateway.cache import ResponseCache
 from gateway.config.loader import Settings
 from gateway.config.model import JwtBearer, OAuth2
-from gateway.console.console import ASSET_ROUTE, console, console_asset, to_console
+from gateway.console.console import ASSET_ROUTE, console, console_asset, console_without_key, to_console
 from gateway.credentials import CredentialProvider, static_provider
 from gateway.deadletters import DeadLetters
 from gateway.metrics import Metrics
 from gateway.notify import Notifier, Watch
 from gateway.pipeline import Pipeline
+from gateway.readers import readers_only
 from gateway.sealing import Sealer
 from gateway.server import count_errors, origin_form_only
 from gateway.state import (
@@ -63,17 +64,19 @@ def build_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[DRAINING] = []
+    app[admin_api.BULK_REPLAY] = asyncio.Lock()
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/healthz", server.healthz)
     app.router.add_get("/readyz", server.readyz)
-    app.router.add_get("/metrics", server.metrics)
-    app.router.add_get("/_gateway/status", server.status)
+    app.router.add_get("/metrics", readers_only(server.metrics))
+    app.router.add_get("/_gateway/status", readers_only(server.status))
     app.router.add_get("/_gateway/dead-letters", admin_api.list_dead_letters)
     app.router.add_get("/_gateway/dead-letters/{id}", admin_api.get_dead_letter)
+    app.router.add_post("/_gateway/dead-letters/replay", admin_api.replay_dead_letters)
     app.router.add_post("/_gateway/dead-letters/{id}/replay", admin_api.replay_dead_letter)
     app.router.add_delete("/_gateway/dead-letters/{id}", admin_api.delete_dead_letter)
     app.router.add_get("/_gateway", to_console)
-    app.router.add_get("/_gateway/", console)
+    app.router.add_get("/_gateway/", readers_only(console, console_without_key))
     app.router.add_get(ASSET_ROUTE, console_asset)
     # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
     app.router.add_route("*", r"/{tail:[\s\S]*}", server.proxy)

@@ -197,11 +197,11 @@ async def test_metrics_and_status_report_the_budgets(gateway, vendor):
         env={**KEYS, "ADMIN": "admin-key-123"},
     )
     await burst(client, 3, headers={"X-Gateway-Key": "batch-key-123"}, params={})
-    samples = metric_samples(await (await client.get("/metrics")).text())
+    samples = metric_samples(await (await client.get("/metrics", headers={"X-Gateway-Admin-Key": "admin-key-123"})).text())
     assert samples[("gateway_budget_exhausted_total", (("budget", "burst"), ("vendor", "v")))] == 1
     assert samples[("gateway_budget_wait_seconds_count", (("vendor", "v"),))] == 3
     assert samples[("gateway_budget_wait_seconds_bucket", (("le", "0.0"), ("vendor", "v")))] == 2
-    status = await (await client.get("/_gateway/status")).json()
+    status = await (await client.get("/_gateway/status", headers={"X-Gateway-Admin-Key": "admin-key-123"})).json()
     burst_status, caller_status = status["vendors"]["v"]["budgets"]
     assert burst_status["name"] == "burst" and burst_status["limit"] == 2 and burst_status["remaining"] == 0
     assert 0 < burst_status["reset"] <= 15

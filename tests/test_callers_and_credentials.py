@@ -61,7 +61,7 @@ async def test_an_unknown_vendor_gets_404_problem(client):
 async def test_metrics_count_requests_per_caller(client):
     await client.get("/v/x", headers={"X-Gateway-Key": "router-key-1"})
     await client.get("/v/x", headers={"X-Gateway-Key": "wrong"})
-    text = await (await client.get("/metrics")).text()
+    text = await (await client.get("/metrics", headers={"X-Gateway-Key": "router-key-1"})).text()
     assert 'gateway_requests_total{caller="router",method="GET",status="200",vendor="v"} 1.0' in text
     assert 'gateway_requests_total{caller="unauthenticated",method="GET",status="401",vendor="v"} 1.0' in text
 

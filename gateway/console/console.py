@@ -46,6 +46,14 @@ async def console(request: web.Request) -> web.Response:
     return _serve("console.html", "text/html")
 
 
+async def console_without_key(request: web.Request, err: Exception) -> web.Response:
+    """The page, answered 401, for a browser that came without a key (navigation sends no
+    header): it holds no figures itself, and asks for the key when the status refuses it."""
+    response = _serve("console.html", "text/html")
+    response.set_status(401)
+    return response
+
+
 async def console_asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     return _serve(name, ASSETS[name])
