@@ -17,7 +17,6 @@ The answer's body is not read here.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import random
 import time
@@ -133,8 +132,8 @@ class Attempts:
                 await self._budgets.give_back(policy, charged)
             if not isinstance(exc, AttemptFailed):
                 raise
-            if out.body.failure is not None:
-                raise copy.copy(out.body.failure) from None  # the caller's doing, not the vendor's
+            if exc.by_caller is not None:
+                raise exc.by_caller from None  # the caller's doing, not the vendor's
             outcome = Outcome(failure=exc.kind, sent=exc.sent)
             reason = str(exc)
         else:
