@@ -27,7 +27,7 @@ from gateway.credentials import CredentialProvider, static_provider
 from gateway.deadletters import DeadLetters
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.sealing import Sealer
+from gateway.token_encryption import Sealer
 from gateway.server import count_errors, origin_form_only
 from gateway.state import BREAKERS, BUDGETS, DEAD_LETTERS, DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
 from gateway.storage import open_storage
