@@ -17,6 +17,7 @@ The answer's body is not read here.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -133,7 +134,7 @@ class Attempts:
             if not isinstance(exc, AttemptFailed):
                 raise
             if exc.by_caller is not None:
-                raise exc.by_caller from None  # the caller's doing, not the vendor's
+                raise copy.copy(exc.by_caller) from None  # the caller's doing, not the vendor's
             outcome = Outcome(failure=exc.kind, sent=exc.sent)
             reason = str(exc)
         else:
