@@ -31,7 +31,7 @@ from gateway.metrics import Metrics
 from gateway.notify import Notifier, Watch
 from gateway.pipeline import Pipeline
 from gateway.readers import readers_only
-from gateway.sealing import Sealer
+from gateway.token_encryption import Sealer
 from gateway.server import count_errors, origin_form_only
 from gateway.state import (
     AUTH_STOPS, BREAKERS, BUDGETS, DEAD_LETTERS, DRAINING, METRICS, NOTIFIER, PIPELINE, SETTINGS, STORAGE, TOKENS,

@@ -153,8 +153,8 @@ class Attempts:
                 if auth is not None:  # admitted, then stopped by something else: no answer
                     await self.auth_stops.unanswered(policy, auth)
                 raise
-            if out.body.failure is not None:
-                raise copy.copy(out.body.failure) from None  # the caller's doing, not the vendor's
+            if exc.by_caller is not None:
+                raise copy.copy(exc.by_caller) from None  # the caller's doing, not the vendor's
             outcome = Outcome(failure=exc.kind, sent=exc.sent)
             reason = str(exc)
         else:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.errors import BadRequest, CallerGone, GatewayError, PayloadTooLarge, RequestTimeout
+from gateway.errors import BadRequest, CallerGone, PayloadTooLarge, RequestTimeout
 
 # Bodies up to this size are kept whole: attempts can be repeated and failed writes kept.
 REPLAY_LIMIT = 1024 * 1024
@@ -30,9 +30,6 @@ class RequestBody:
         self._request = stream_from
         self._max_body = max_body
         self._stall = stall
-        # Why the stream stopped, when it was the caller's doing: the client library sending
-        # it may wrap what the stream raises, so the pipeline reads this instead.
-        self.failure: GatewayError | None = None
 
     @property
     def replayable(self) -> bool:
@@ -47,15 +44,12 @@ class RequestBody:
         head, self.data = self.data or b"", None
         sent = len(head)
         yield head
-        try:
-            while chunk := await next_chunk(request, self._stall):
-                sent += len(chunk)
-                if sent > self._max_body:
-                    raise PayloadTooLarge(f"the request body is over the limit of {self._max_body} bytes")
-                yield chunk
-        except GatewayError as err:
-            self.failure = err
-            raise
+        # What this raises, the client library sending it wraps (gateway.upstream unwraps it).
+        while chunk := await next_chunk(request, self._stall):
+            sent += len(chunk)
+            if sent > self._max_body:
+                raise PayloadTooLarge(f"the request body is over the limit of {self._max_body} bytes")
+            yield chunk
 
 
 async def read_body(request: web.Request, max_body: int, stall: float) -> RequestBody:

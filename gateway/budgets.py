@@ -6,20 +6,17 @@ A charge is one storage call (one Lua script with Redis) that reserves the reque
 in every matching budget at once, or in none. A request that must wait sleeps until its
 reserved time; one whose caller leaves meanwhile gives its place back.
 
-While shared storage fails (its ``health`` decides when, for budgets and breakers alike)
-each process charges its own fallback, and notes what it admitted there; the first
-storage call after the outage hands that over, so that what was admitted meanwhile still
-counts in every process.
+While shared storage fails, gateway.budget_fallback decides what a budget call does
+(``on_storage_error``), and charges this process's own fallback for ``local``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.callers import ANONYMOUS
@@ -34,15 +31,14 @@ from gateway.core.budget import (
     Level,
     Verdict,
     fixed_window,
-    slot_width,
 )
-from gateway.budget_headers import rate_limit_headers, standing, strictest, vendor_said
+from gateway.budget_fallback import BudgetCall, BudgetFallback, Unseen
+from gateway.budget_headers import MAX_PAUSE, rate_limit_headers, standing, strictest, vendor_said
 from gateway.core.signals import BudgetWindow, Headers, Reading, smaller_limit
 from gateway.errors import BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.forecast import BudgetForecasts
 from gateway.metrics import Metrics
 from gateway.storage import BudgetStore
-from gateway.storage.health import RETRY
 from gateway.storage.memory import LocalBudgets
 
 log = logging.getLogger("gateway.budgets")
@@ -94,32 +90,6 @@ class SlowestAnswer:
         return max((v for b, v in self._buckets.items() if (current - b) * self.STEP <= span), default=None)
 
 
-@dataclass
-class _Unseen:
-    """What the fallback did to one budget that shared storage has not heard of: units
-    admitted (less those given back) per slot, as (latest time, units), and a pause."""
-
-    charge: Charge
-    spent: dict[int, list[float]] = field(default_factory=dict)
-    paused: float = 0.0
-
-    def count(self, at: float, units: float) -> None:
-        width = slot_width(self.charge)
-        slot = math.floor(at / width)
-        if slot not in self.spent:  # what no longer counts anywhere (nor lowers a bucket) goes
-            gone = at - self.charge.per * (1 + MAX_MARGIN) - 2 * width
-            for old in [s for s, (when, _) in self.spent.items() if when < gone]:
-                del self.spent[old]
-        entry = self.spent.setdefault(slot, [at, 0.0])
-        entry[0], entry[1] = max(entry[0], at), entry[1] + units
-        if abs(entry[1]) < 1e-9:
-            del self.spent[slot]
-
-    def adjustment(self, now: float) -> Adjustment:
-        spent = tuple((at, units) for at, units in sorted(self.spent.values()))
-        return Adjustment(pause=self.paused - now if self.paused > now else None, spent=spent)
-
-
 class Budgets:
     def __init__(
         self,
@@ -129,16 +99,10 @@ class Budgets:
     ) -> None:
         self._storage = storage
         self._metrics = metrics
-        self._on_error = config.on_storage_error
-        self._workers = config.workers
-        self._local = LocalBudgets(time.time)
-        self._unseen: dict[str, dict[str, _Unseen]] = {}  # per vendor, per budget key
-        self._handing: dict[str, asyncio.Lock] = {}
+        self._fallback = BudgetFallback(storage, config.on_storage_error, config.workers)
         self._windows: dict[int, tuple[float, float, float]] = {}
         self._pauses: dict[tuple[str, str], float] = {}  # this process's view, for sleeping waiters
         self._slowest: dict[str, SlowestAnswer] = {}
-        self._last: dict[tuple[str, str], Level] = {}  # levels last read from shared storage
-        self._seeded: set[tuple[str, str]] = set()  # fallback budgets started from those
         self.forecasts = BudgetForecasts(metrics, config.workers)
         # Smaller limits the vendors said they have, per (vendor, budget name, limit, per).
         self._limits: dict[tuple[str, str, int, float], int] = {}
@@ -357,12 +321,6 @@ class Budgets:
             out.append(entry)
         return out
 
-    def _store_of(self, charged: Charged) -> tuple[BudgetStore | LocalBudgets, Sequence[Charge]]:
-        """The store that charged a request, and its charges as that store knows them."""
-        if charged.local:
-            return self._local, self._scaled(charged.charges)
-        return self._storage, charged.charges
-
     async def _peek(self, vendor: str, charged: Charged) -> Verdict | None:
         """How the budgets stand; None when no store can say."""
         try:
@@ -370,64 +328,19 @@ class Budgets:
         except StorageUnavailable:
             return None
 
-    async def _shared(
-        self, vendor: str, call: Callable[[Any, Sequence[Charge]], Awaitable[Verdict]], charged: Charged
-    ) -> Verdict | None:
+    async def _shared(self, vendor: str, call: BudgetCall, charged: Charged) -> Verdict | None:
         """Run a budget call on shared storage, or on the fallback while storage fails."""
-        try:
-            if vendor in self._unseen:
-                # Calls wait for the hand-over: a budget charged before it would not count
-                # what the fallback admitted.
-                async with self._handing.setdefault(vendor, asyncio.Lock()):
-                    if vendor in self._unseen:
-                        await self._hand_over(vendor)
-            result = await call(self._storage, charged.charges)
-        except StorageError:
-            pass
-        else:
-            for charge, lv in zip(charged.charges, result.levels):
-                self._last[(vendor, charge.key)] = lv
-            charged.local = False
-            return result
-        if self._on_error == "reject":
-            raise StorageUnavailable("budget storage is unavailable", retry_after=RETRY)
-        if self._on_error == "allow":
-            return None
-        charged.local = True
-        scaled = self._scaled(charged.charges)
-        await self._seed(vendor, scaled)
-        return await call(self._local, scaled)
+        verdict, charged.local = await self._fallback.run(vendor, call, charged.charges)
+        return verdict
 
-    async def _hand_over(self, vendor: str) -> None:
-        """Tell shared storage what the fallback admitted (and the pauses it learnt) while
-        storage failed; raises StorageError when it still fails."""
-        unseen = list(self._unseen.pop(vendor).values())  # taken first: a concurrent call must not send it too
-        now = time.time()
-        try:
-            await self._storage.adjust_budgets(vendor, [u.charge for u in unseen], [u.adjustment(now) for u in unseen])
-        except BaseException:  # failed or cancelled: kept for the next call (at worst counted twice)
-            for u in unseen:
-                kept = self._unseen_of(vendor, u.charge)
-                kept.paused = max(kept.paused, u.paused)
-                for at, units in u.spent.values():
-                    kept.count(at, units)
-            raise
+    def _store_of(self, charged: Charged) -> tuple[BudgetStore | LocalBudgets, Sequence[Charge]]:
+        return self._fallback.store_of(charged.charges, charged.local)
 
-    def _unseen_of(self, vendor: str, charge: Charge) -> _Unseen:
-        return self._unseen.setdefault(vendor, {}).setdefault(charge.key, _Unseen(charge))
+    def _unseen_of(self, vendor: str, charge: Charge) -> Unseen:
+        return self._fallback.unseen_of(vendor, charge)
 
     def _count_unseen(self, vendor: str, charged: Charged, at: float, sign: int) -> None:
-        for charge in charged.charges:
-            self._unseen_of(vendor, charge).count(at, sign * charge.cost)
-
-    async def _seed(self, vendor: str, scaled: Sequence[Charge]) -> None:
-        """A budget's first use in the fallback starts from its level last read from shared
-        storage (this process's share of it), not from full."""
-        fresh = [c for c in scaled if (vendor, c.key) not in self._seeded and (vendor, c.key) in self._last]
-        if fresh:
-            said = [Adjustment(remaining=self._last[(vendor, c.key)].remaining / self._workers) for c in fresh]
-            await self._local.adjust_budgets(vendor, fresh, said)
-        self._seeded.update((vendor, c.key) for c in scaled)
+        self._fallback.count(vendor, charged.charges, at, sign)
 
     def storage_answers(self) -> None:
         """Shared storage answered /readyz's ping: the fallback ends."""
@@ -435,19 +348,8 @@ class Budgets:
 
     def _storage_changed(self, answering: bool) -> None:
         self._metrics.storage_fallback.set(0 if answering else 1)
-        if answering:  # the next outage's fallback starts again from the shared levels
-            self._seeded.clear()
-            self._local = LocalBudgets(time.time)
-
-    def _scaled(self, charges: Sequence[Charge]) -> list[Charge]:
-        """The fallback's share of each budget: every process limits alone, so each takes
-        1/workers of it (at least one request's cost)."""
-        if self._workers == 1:
-            return list(charges)
-        return [
-            replace(c, limit=max(c.limit / self._workers, c.cost + c.held / self._workers), held=c.held / self._workers)
-            for c in charges
-        ]
+        if answering:
+            self._fallback.restart()
 
     def _report(self, vendor: str, charged: Charged, verdict: Verdict, *, count_exhausted: bool) -> None:
         for budget, lv, exceeded in zip(charged.budgets, verdict.levels, verdict.exceeded):

@@ -35,6 +35,7 @@ from gateway.core.cache import (
     PARTIAL_OR_CONDITIONAL,
     Entry,
     Generations,
+    Shared,
     cache_key,
     generation_names,
     invalidations,
@@ -64,9 +65,8 @@ class Lookup:
     read_at: float = 0.0  # when that read began (wall clock)
 
 
-# What a fetch gives those waiting for it: an answer and how it is marked (MISS, or STALE
-# when the vendor failed), the gateway's error, or None: fetch for yourselves.
-Shared = tuple[str, Entry] | GatewayError | None
+# What a fetch gives those waiting for it in this process.
+FetchShared = Shared[GatewayError]
 
 
 @dataclass
@@ -75,13 +75,13 @@ class Flight:
 
     leading: bool
     seen: Generations | None = None  # the leader's lookup's, when it began
-    answer: asyncio.Future[Shared] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    answer: asyncio.Future[FetchShared] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def serves(self, seen: Generations | None) -> bool:
         """Whether a request whose lookup read ``seen`` may take this fetch's answer."""
         return seen is None or (self.seen is not None and self.seen.covers(seen))
 
-    def share(self, shared: Shared) -> None:
+    def share(self, shared: FetchShared) -> None:
         if not self.answer.done():
             self.answer.set_result(shared)
 
@@ -179,7 +179,7 @@ class ResponseCache:
         try:
             yield flight
         finally:
-            flight.share(None)  # followers of a fetch that shared nothing fetch for themselves
+            flight.share(Shared())  # followers of a fetch that shared nothing fetch for themselves
             if self._flights.get(lookup.key) is flight:
                 del self._flights[lookup.key]
 

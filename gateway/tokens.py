@@ -60,7 +60,7 @@ from gateway.core.tokens import (
 )
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics
-from gateway.sealing import Sealer
+from gateway.token_encryption import Sealer
 from gateway.storage import TokenStore
 from gateway.token_endpoint import TOKEN_TIMEOUT, TokenEndpoint
 

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import Policy
+from gateway.errors import GatewayError
 
 # Per vendor, so a hung vendor can hold at most its own connections.
 CONNECTIONS_PER_VENDOR = 100
@@ -26,12 +27,14 @@ _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class AttemptFailed(Exception):
-    """An attempt got no response: ``kind`` is ``timeout`` or ``connect``."""
+    """An attempt got no response: ``kind`` is ``timeout`` or ``connect``; ``by_caller``,
+    when the caller's streamed body stopped it (too large, stalled, the caller left)."""
 
-    def __init__(self, kind: str, sent: bool, reason: str) -> None:
+    def __init__(self, kind: str, sent: bool, reason: str, by_caller: GatewayError | None = None) -> None:
         super().__init__(reason)
         self.kind = kind
         self.sent = sent
+        self.by_caller = by_caller
 
 
 class UpstreamClients:
@@ -71,18 +74,37 @@ class UpstreamClients:
                 )
         except TimeoutError:
             raise AttemptFailed("timeout", sent=True, reason=f"no answer within {policy.timeout:g}s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise AttemptFailed("connect", sent=False, reason=f"cannot connect: {exc.os_error}") from None
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise AttemptFailed("connect", sent=True, reason=f"connection lost: {type(exc).__name__}") from None
-        except aiohttp.ClientResponseError as exc:
-            raise AttemptFailed("connect", sent=True, reason=describe_invalid(exc)) from None
         except aiohttp.ClientError as exc:
-            # Also what aiohttp makes of an error raised by a streamed body (PayloadTooLarge).
-            raise AttemptFailed("connect", sent=True, reason=f"request failed: {type(exc).__name__}") from None
+            raise _attempt_failed(exc) from None
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._sessions.values()))
+
+
+def _attempt_failed(exc: aiohttp.ClientError) -> AttemptFailed:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return AttemptFailed("connect", sent=False, reason=f"cannot connect: {exc.os_error}")
+    if isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        failed = AttemptFailed("connect", sent=True, reason=f"connection lost: {type(exc).__name__}")
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        failed = AttemptFailed("connect", sent=True, reason=describe_invalid(exc))
+    else:
+        failed = AttemptFailed("connect", sent=True, reason=f"request failed: {type(exc).__name__}")
+    failed.by_caller = _raised_by_body(exc)
+    return failed
+
+
+def _raised_by_body(exc: BaseException) -> GatewayError | None:
+    """The gateway error the streamed request body raised, where aiohttp wrapped it (it
+    keeps what the body raised as the cause of what it raises)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, GatewayError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class AnswerBroke(Exception):

@@ -18,7 +18,7 @@ from gateway.config.secrets import Secret
 from gateway.core.tokens import TokenRecord
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics
-from gateway.sealing import Sealer
+from gateway.token_encryption import Sealer
 from gateway.storage.memory import MemoryStorage
 from gateway.tokens import TokenProvider
 from tests.mock_oauth import TokenServer

@@ -20,7 +20,7 @@ from gateway.config.secrets import Secret
 from gateway.core.tokens import RECOVERY_GRACE, TokenRecord
 from gateway.errors import CredentialsUnavailable, StorageError
 from gateway.metrics import Metrics
-from gateway.sealing import Sealer
+from gateway.token_encryption import Sealer
 from gateway.tokens import TokenProvider
 from tests.conftest import RedisServer
 from tests.test_tokens import ENV, auth, oauth_policy, refresh_spec  # noqa: F401 (auth is a fixture)

@@ -1,5 +1,7 @@
 """Response cache decisions, with the clock passed in: what is cacheable, the key, the
-stored form of an answer, and whether a stored answer is fresh, stale-but-usable or gone.
+stored form of an answer, whether a stored answer is fresh, stale-but-usable or gone, and
+the states of one cacheable request (``CacheStates``: fresh hit / follow a fetch / fetch /
+store-and-serve / serve stale / pass by), which gateway.caching drives.
 
 The key covers vendor, method, raw path, query (byte for byte), ``Accept`` and
 ``Accept-Encoding`` (the vendor may compress for one caller and not another), and a hash
@@ -24,9 +26,11 @@ read, a generation that long (plus a margin) from its bump.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import unquote
 
 import orjson
@@ -237,3 +241,112 @@ def entry_for(
     )
     recorded = tuple((name, header(request_headers, name)) for name in varied_names(vary))
     return Entry(status, reason, kept, body, now, ttl, stale_if_error, recorded)
+
+
+# The statuses of the gateway's own errors after which a stale stored answer is served
+# instead (stale_if_error): the vendor failed or could not be reached in time.
+STALE_ON = frozenset({502, 503, 504})
+
+
+class Label(enum.Enum):
+    """How a cacheable request was answered (its X-Gateway-Cache header)."""
+
+    HIT = "HIT"  # a fresh stored answer, no budget taken
+    MISS = "MISS"  # the vendor's answer, fetched for it or for an identical request
+    BYPASS = "BYPASS"  # the caller asked for a fresh answer
+    STALE = "STALE"  # the vendor failed; a stored answer past its ttl went out instead
+
+
+class Failure(Protocol):
+    """What a fetch can end with instead of an answer: an error with a status."""
+
+    @property
+    def status(self) -> int: ...
+
+
+FailureT = TypeVar("FailureT", bound=Failure)
+
+
+@dataclass(frozen=True)
+class Shared(Generic[FailureT]):
+    """What a fetch gives those waiting for it: an answer (``label`` says how it is marked),
+    or the error it failed with; neither: fetch for yourselves."""
+
+    entry: Entry | None = None
+    label: Label = Label.MISS
+    failure: FailureT | None = None
+
+    @property
+    def nothing(self) -> bool:
+        return self.entry is None and self.failure is None
+
+
+class Step(enum.Enum):
+    """What the cache step does next for a cacheable request."""
+
+    HIT = "hit"  # serve the fresh stored answer
+    COALESCE = "coalesce"  # follow the identical fetch in progress, or lead one
+    FETCH = "fetch"  # ask the vendor
+    STORE = "store"  # stream the vendor's answer, store it and share it
+    PASS = "pass"  # stream the vendor's answer, neither stored nor shared
+    STALE = "stale"  # serve the stale stored answer instead of the vendor's failure
+    FAIL = "fail"  # the request fails as the fetch did
+
+
+@dataclass(frozen=True)
+class CacheStates:
+    """The cache's decisions for one cacheable request, from what its lookup read at ``now``.
+
+    ::
+
+        read -> HIT (fresh)
+             -> FETCH (the caller bypasses the cache)
+             -> COALESCE -> follow a fetch: its answer -> served as it was shared
+                                           its failure -> STALE | FAIL
+                                           nothing (or a Vary mismatch) -> FETCH
+        FETCH -> a gateway error -> STALE | FAIL
+              -> the vendor's answer -> STALE (a 5xx) | PASS | STORE
+
+    STALE only ever happens with a stored answer still within its ``stale_if_error``.
+    """
+
+    stored: Entry | None
+    now: float
+    bypass: bool
+
+    @property
+    def start(self) -> Step:
+        if self.stored is not None and self.stored.fresh(self.now):
+            return Step.HIT
+        return Step.FETCH if self.bypass else Step.COALESCE
+
+    @property
+    def label(self) -> Label:
+        """The label of an answer fetched for this request."""
+        return Label.BYPASS if self.bypass else Label.MISS
+
+    @property
+    def stale(self) -> Entry | None:
+        """The stored answer that may go out when the vendor fails (stale_if_error)."""
+        stored = self.stored
+        return stored if stored is not None and stored.usable_stale(self.now) else None
+
+    def after_failure(self, status: int) -> Step:
+        """A fetch (its own or the one it followed) ended with the gateway error ``status``."""
+        return Step.STALE if self.stale is not None and status in STALE_ON else Step.FAIL
+
+    def after_answer(self, status: int, too_large: bool, kept_as_dead_letter: bool) -> Step:
+        """The vendor answered ``status``."""
+        if self.stale is not None and status >= 500:
+            return Step.STALE
+        # A failed write is not stored; an answer too large to keep is streamed.
+        return Step.PASS if too_large or kept_as_dead_letter else Step.STORE
+
+    def after_following(self, shared: Shared[FailureT], headers: MultiMapping[str]) -> Step:
+        """The fetch this request followed shared ``shared``: FETCH (its own), FAIL, STALE,
+        or HIT (serve ``shared.entry`` marked ``shared.label``)."""
+        if shared.failure is not None:
+            return self.after_failure(shared.failure.status)
+        if shared.entry is not None and shared.entry.matches(headers):
+            return Step.HIT
+        return Step.FETCH

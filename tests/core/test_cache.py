@@ -29,14 +29,13 @@ def test_what_may_be_stored_and_what_skips_the_read():
     assert not skips_read(["max-age=60"], [])
 
 
-def test_an_entry_is_fresh_then_stale_then_gone():
+def test_an_entry_is_fresh_then_not_and_keeps_its_vendors_lasting_headers():
     vendor_headers = [("Content-Type", "a/b"), ("Set-Cookie", "s=1"), ("Content-Length", "2"),
                       ("X-RateLimit-Remaining", "0"), ("RateLimit", '"a";r=0;t=9'), ("Retry-After", "9")]
     entry = entry_for(200, "OK", vendor_headers, b"{}",
                       CIMultiDict({"Accept-Language": "de"}), ["Accept-Language"], now=1000.0, ttl=60, stale_if_error=30)
     assert entry.headers == (("Content-Type", "a/b"), ("Content-Length", "2"))  # one moment's headers are not kept
     assert entry.fresh(1059.9) and not entry.fresh(1060.0)
-    assert entry.usable_stale(1089.9) and not entry.usable_stale(1090.0)
     assert entry.age(1042.7) == 42 and entry.keep_for == 90
     assert entry.matches(CIMultiDict({"Accept-Language": "de"})) and not entry.matches(CIMultiDict())
     assert Entry.from_bytes(entry.to_bytes()) == entry

@@ -1,5 +1,5 @@
-"""Sealing what the gateway stores (tokens): encrypted and authenticated with Fernet
-(AES-128-CBC with HMAC-SHA256) when ``secret_key`` is configured, plain otherwise.
+"""Encryption of the tokens the gateway stores: sealed (encrypted and authenticated with
+Fernet, AES-128-CBC with HMAC-SHA256) when ``secret_key`` is configured, plain otherwise.
 
 A value sealed under another key (the secret key changed) opens as None: the gateway then
 fetches a new token rather than failing.
@@ -17,6 +17,8 @@ _PLAIN = b"p1:"
 
 
 class Sealer:
+    """Seals a token before it goes into storage and opens what storage gives back."""
+
     def __init__(self, secret_key: str | None) -> None:
         self._fernet = None
         if secret_key:
