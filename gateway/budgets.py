@@ -33,7 +33,7 @@ from gateway.core.budget import (
     fixed_window,
 )
 from gateway.budget_fallback import BudgetCall, BudgetFallback, Unseen
-from gateway.budget_headers import MAX_PAUSE, rate_limit_headers, standing, strictest, vendor_said
+from gateway.budget_headers import rate_limit_headers, standing, strictest, vendor_said
 from gateway.core.signals import BudgetWindow, Headers, Reading, smaller_limit
 from gateway.errors import BudgetExhausted, CallerGone, StorageError, StorageUnavailable
 from gateway.forecast import BudgetForecasts
