@@ -1,5 +1,5 @@
-"""The admin API for dead letters: list, get, replay, delete. Every call needs the admin key
-(``X-Gateway-Admin-Key: KEY`` or ``Authorization: Bearer KEY``)."""
+"""The admin API: reload, and dead letters (list, get, replay, delete). Every call needs the
+admin key (``X-Gateway-Admin-Key: KEY`` or ``Authorization: Bearer KEY``)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from gateway.errors import (
     Conflict,
     Forbidden,
     GatewayError,
+    InvalidConfig,
     NotFound,
     ServiceUnavailable,
     StorageError,
     Unauthenticated,
 )
 from gateway.answers import problem_response
-from gateway.state import DEAD_LETTERS, PIPELINE, SETTINGS, STORAGE
+from gateway.state import LIVE, RELOADER, STORAGE
 from gateway.storage import DeadLetterStore
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -36,7 +37,7 @@ def _admin(handler: Handler) -> Handler:
     @wraps(handler)
     async def checked(request: web.Request) -> web.Response:
         try:
-            expected = request.app[SETTINGS].config.admin_key
+            expected = request.app[LIVE].current.settings.config.admin_key
             if expected is None:
                 raise Forbidden("the admin API is off: configure admin_key to use it")
             presented = request.headers.get("X-Gateway-Admin-Key") or bearer_token(request.headers.get("Authorization", ""))
@@ -53,6 +54,16 @@ def _admin(handler: Handler) -> Handler:
 
 def _storage(request: web.Request) -> DeadLetterStore:
     return request.app[STORAGE]
+
+
+@_admin
+async def reload(request: web.Request) -> web.Response:
+    """Read the config and every policy again: 200 with the vendors now served, or 422
+    with every problem found (the old snapshot stays in force)."""
+    problems = await request.app[RELOADER].reload()
+    if problems:
+        raise InvalidConfig(problems)
+    return web.json_response({"vendors": sorted(request.app[LIVE].current.settings.policies)})
 
 
 @_admin
@@ -86,7 +97,7 @@ async def delete_dead_letter(request: web.Request) -> web.Response:
     entry = await storage.get_dead_letter(request.match_info["id"])
     if entry is None or not await storage.delete_dead_letter(entry.id):
         raise NotFound(f"no dead letter {request.match_info['id']!r}")
-    await request.app[DEAD_LETTERS].count(entry.vendor)
+    await request.app[LIVE].current.dead_letters.count(entry.vendor)
     return web.Response(status=204)
 
 
@@ -95,7 +106,7 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
     """Send it again through the normal attempts (today's credentials, breaker, retries):
     removed when it succeeds, updated when it fails again."""
     storage = _storage(request)
-    pipeline = request.app[PIPELINE]
+    pipeline = request.app[LIVE].current.pipeline
     entry = await storage.get_dead_letter(request.match_info["id"])
     if entry is None:
         raise NotFound(f"no dead letter {request.match_info['id']!r}")
@@ -108,7 +119,7 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         result = {"id": entry.id, "status": delivery.status, "attempts": delivery.attempts}
         if delivery.status < 400:
             await storage.delete_dead_letter(entry.id)
-            await request.app[DEAD_LETTERS].count(entry.vendor)
+            await request.app[LIVE].current.dead_letters.count(entry.vendor)
             return web.json_response({**result, "outcome": "delivered"})
         again = entry.failed_again(delivery.status, delivery.error, delivery.attempts, time.time())
         await storage.update_dead_letter(again)

@@ -16,7 +16,7 @@ from gateway.answers import GATEWAY_ERROR, problem_response
 from gateway.connections import CallerServer
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageError
 from gateway.request import request_id
-from gateway.state import BREAKERS, BUDGETS, DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
+from gateway.state import BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, STORAGE
 
 
 class GatewayRunner(web.AppRunner):
@@ -67,7 +67,8 @@ async def origin_form_only(
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    return await request.app[PIPELINE].handle(request)
+    # The snapshot is taken once: a reload while this request runs does not change its way.
+    return await request.app[LIVE].current.pipeline.handle(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -76,13 +77,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
-    body: dict[str, object] = {"policies": len(request.app[SETTINGS].policies), "storage": storage.name}
+    settings = request.app[LIVE].current.settings
+    body: dict[str, object] = {"policies": len(settings.policies), "storage": storage.name}
     if request.app[DRAINING]:
         return web.json_response({**body, "status": "draining"}, status=503)
     try:
         await storage.ping()
     except StorageError as exc:
-        fallback = request.app[SETTINGS].config.on_storage_error
+        fallback = settings.config.on_storage_error
         if fallback == "reject":
             return web.json_response({**body, "status": "unready", "detail": str(exc)}, status=503)
         # The gateway still serves: budgets follow on_storage_error until storage answers.
@@ -99,9 +101,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Per vendor: upstream, credential state (never a secret), breaker state and budgets."""
-    settings = request.app[SETTINGS]
-    tokens = request.app[TOKENS]
+    """Per vendor: upstream, credential state (never a secret), breaker state and budgets;
+    and when the config in force was loaded, and why the latest reload was refused."""
+    live = request.app[LIVE]
+    snapshot = live.current
+    settings = snapshot.settings
+    tokens = snapshot.tokens
     breakers = request.app[BREAKERS]
     budgets = request.app[BUDGETS]
     vendors: dict[str, dict[str, object]] = {}
@@ -114,4 +119,4 @@ async def status(request: web.Request) -> web.Response:
             "circuit_breaker": await breakers.state(vendor, breaker) if breaker is not None else None,
             "budgets": await budgets.status(policy, settings.config.callers),
         }
-    return web.json_response({"vendors": vendors}, status=200)
+    return web.json_response({"vendors": vendors, "config": live.status()}, status=200)

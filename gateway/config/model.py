@@ -422,6 +422,7 @@ class Config:
     drain: float
     header_timeout: float
     keepalive_timeout: float
+    watch: bool = True
     source: str = ""
 
     @property
@@ -489,6 +490,8 @@ CONFIG = Obj(
             Duration(positive=True, description="how long an idle keep-alive connection of a caller is kept"),
             default=75.0,
         ),
+        "watch": Field(Bool(description="reload by itself when the config or a policy file changes (polled)"),
+                       default=True),
     },
     check=_check_config,
     description="the gateway's own configuration (gateway.yaml)",
