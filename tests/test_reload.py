@@ -127,3 +127,53 @@ async def test_a_vendor_whose_upstream_and_timeout_are_unchanged_keeps_its_conne
     assert (await client.get("/v/x")).status == 200 and (await client.get("/w/x")).status == 200
     assert ports[2] == ports[0]  # v's pooled connection served again
     assert ports[3] != ports[1]  # w's timeout changed: a new session, a new connection
+
+
+def test_watching_reports_a_change_once_the_files_settle_and_sees_a_renamed_file(tmp_path):
+    from gateway.reload import Watcher
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "v.yaml").write_text("vendor: v\n")
+    (folder / "notes.txt").write_text("not a policy")
+    watcher = Watcher(None, str(folder))
+    assert not watcher.changed()
+    (folder / "notes.txt").write_text("still not a policy, longer")
+    assert not watcher.changed()
+    (folder / ".v.yaml.tmp").write_text("vendor: v\n")  # an editor's temporary file, the same size
+    (folder / ".v.yaml.tmp").rename(folder / "v.yaml")
+    assert not watcher.changed()  # seen, but not yet settled
+    assert watcher.changed()
+    assert not watcher.changed()
+    (folder / "w.yml").write_text("vendor: w\n")
+    assert not watcher.changed()
+    (folder / "w.yml").write_text("vendor: w\nupstream: x\n")  # still being written
+    assert not watcher.changed()
+    assert watcher.changed()
+    (folder / "w.yml").unlink()
+    assert not watcher.changed() and watcher.changed()
+
+
+async def test_a_token_is_kept_while_the_credentials_are_unchanged_and_fetched_afresh_when_they_change(
+    gateway, aiohttp_server, tmp_path
+):
+    from tests.mock_oauth import TokenServer
+
+    auth = TokenServer()
+    auth.url = f"http://127.0.0.1:{(await aiohttp_server(auth.app())).port}"
+
+    def crm(host="127.0.0.1"):
+        token_url = auth.url.replace("127.0.0.1", host) + "/token"
+        credentials = {"type": "oauth2", "grant": "client_credentials", "token_url": token_url,
+                       "client_id": "client-1", "client_secret": "${CLIENT_SECRET}"}
+        return {"vendor": "crm", "upstream": auth.url + "/api", "credentials": credentials}
+
+    env = {**ENV, "CLIENT_SECRET": "client-secret-1"}
+    client = await gateway(crm(), config=CONFIG, env=env)
+    assert (await client.get("/crm/contacts")).status == 200 and len(auth.requests) == 1
+    write_policy(tmp_path, {**crm(), "timeout": "9s"})
+    assert (await client.post("/_gateway/reload", headers=ADMIN)).status == 200
+    assert (await client.get("/crm/contacts")).status == 200 and len(auth.requests) == 1
+    write_policy(tmp_path, crm("localhost"))
+    assert (await client.post("/_gateway/reload", headers=ADMIN)).status == 200
+    assert (await client.get("/crm/contacts")).status == 200 and len(auth.requests) == 2

@@ -149,24 +149,39 @@ async def test_gateway_reload_exits_1_with_the_problems_then_0(gateway_process, 
 
 async def test_workers_reload_together_on_sighup_to_their_supervisor(gateway_process, vendor, redis_server):
     gw = gateway_process(limited("v", vendor.url, 1000),
-                         config={"workers": 2, "storage": redis_server.url, "watch": False})
+                         config={"workers": 2, "storage": redis_server.url, "watch": False,
+                                 "admin_key": "${GATEWAY_ADMIN_KEY}"},
+                         env={"GATEWAY_ADMIN_KEY": "admin-key-123"})
     supervisor = gw.process.pid
     await poll(lambda: _true(len(children(supervisor)) == 2), "both workers started")
     workers = children(supervisor)
     write(policies_of(gw), limited("v", vendor.url, 2000))
     gw.process.send_signal(signal.SIGHUP)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-        async def every_connection_sees_the_new_limit():
+        async def every_connection_sees(limit):
             for _ in range(12):  # new connections land on either worker
                 status = await json_of(session, gw.url + "/_gateway/status")
-                if status["vendors"]["v"]["budgets"][0]["limit"] != 2000:
+                if status["vendors"]["v"]["budgets"][0]["limit"] != limit:
                     return False
             return True
 
-        await poll(every_connection_sees_the_new_limit, "both workers apply the new limit")
+        await poll(lambda: every_connection_sees(2000), "both workers apply the new limit")
         statuses = await asyncio.gather(*(get(session, gw.url + "/v/x") for _ in range(20)))
         assert statuses == [200] * 20
         assert await metric(session, gw.url, "gateway_config_reloads_total", result="ok") == 1
+
+        # The API, asked of one worker, reloads them all (or none).
+        admin = {"X-Gateway-Admin-Key": "admin-key-123"}
+        (policies_of(gw) / "v.yaml").write_text(f"vendor: v\nupstream: {vendor.url}\nbudget: []\n")
+        async with session.post(gw.url + "/_gateway/reload", headers=admin) as refused:
+            assert refused.status == 422
+        assert await every_connection_sees(2000)
+        write(policies_of(gw), limited("v", vendor.url, 3000))
+        async with session.post(gw.url + "/_gateway/reload", headers=admin) as answer:
+            assert answer.status == 200 and await answer.json() == {"vendors": ["v"]}
+        assert await every_connection_sees(3000)
+        assert await metric(session, gw.url, "gateway_config_reloads_total", result="ok") == 2
+        assert await metric(session, gw.url, "gateway_config_reloads_total", result="error") == 1
     assert gw.process.poll() is None and gw.process.pid == supervisor
     assert sorted(children(supervisor)) == sorted(workers)  # applied, not restarted
     code, output = await asyncio.to_thread(gw.stop)
