@@ -19,7 +19,8 @@ import socket
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -84,9 +85,9 @@ def serve(settings: Settings, source: Source | None = None) -> int:
     """Serve until SIGTERM or SIGINT; 0 after a clean drain. Raises OSError if it cannot bind.
     SIGHUP (and, with ``watch``, a changed file) reloads from ``source``."""
     raise_open_files_limit()
-    # Held back until the reload handler is in place: SIGHUP's default action would end
+    # Held back until the reload handlers are in place: their default action would end
     # the process.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_BLOCK, _RELOAD_SIGNALS)
     if settings.config.workers == 1:
         return _run_worker(settings, source, None)
     return _supervise(settings, source)
@@ -161,18 +162,16 @@ async def _serve_until_signal(settings: Settings, source: Source | None, sock: s
         stop.set()
 
     reloader.on_failure = restart
-    reloads: set[asyncio.Task[object]] = set()
+    reloads: set[asyncio.Task[Any]] = set()
 
     def reload_soon() -> None:
-        if stop.is_set():
-            return  # draining: what is left to serve keeps the snapshot it has
-        task: asyncio.Task[object] = asyncio.create_task(
-            reloader.follow_supervisor() if supervised else reloader.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        if not stop.is_set():  # draining: what is left to serve keeps the snapshot it has
+            _track(reloads, reloader.follow_supervisor() if supervised else reloader.reload())
 
     loop.add_signal_handler(signal.SIGHUP, reload_soon)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    if supervised:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: _track(reloads, reloader.supervisor_refused()))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELOAD_SIGNALS)
     watching = None
     if not supervised and source is not None and settings.config.watch:
         watching = asyncio.create_task(_watch(reloader, stop))
@@ -186,6 +185,12 @@ async def _serve_until_signal(settings: Settings, source: Source | None, sock: s
     await runner.cleanup()
     log.info("stopped")
     return code
+
+
+def _track(tasks: set[asyncio.Task[Any]], work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 async def _watch(reloader: Reloader, stop: asyncio.Event) -> None:
@@ -206,6 +211,7 @@ async def _watch(reloader: Reloader, stop: asyncio.Event) -> None:
 
 
 _SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_RELOAD_SIGNALS = {signal.SIGHUP, signal.SIGUSR1}  # apply the files / the files were refused
 
 
 def _supervise(settings: Settings, source: Source | None) -> int:
@@ -218,11 +224,7 @@ def _supervise(settings: Settings, source: Source | None) -> int:
     # Signals are taken synchronously (sigtimedwait), never in a handler: a reload or
     # a fork cannot be interrupted half-way by another signal.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
-    try:
-        sock = bind(settings)
-    except OSError:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS - {signal.SIGHUP})
-        raise
+    sock = bind(settings)
     _announce(settings, sock)
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -237,7 +239,7 @@ def _supervise(settings: Settings, source: Source | None) -> int:
     def start(index: int) -> None:
         pid = os.fork()
         if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS - {signal.SIGHUP})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS - _RELOAD_SIGNALS)
             code = 1
             try:
                 code = _run_worker(settings, source, sock)
@@ -255,6 +257,8 @@ def _supervise(settings: Settings, source: Source | None) -> int:
             new = load_next(source, settings)
         except ConfigError as exc:
             refused(problems_of(exc), metrics)
+            for pid in workers:
+                _signal(pid, signal.SIGUSR1)
             return
         applied(settings, new, metrics)
         settings = new

@@ -104,10 +104,11 @@ def problems_of(exc: ConfigError) -> list[str]:
 
 class Reloader:
     """Reloads one process. Alone (``supervised`` False) it decides and counts every
-    reload. Under a supervisor, the supervisor decides: a SIGHUP from it is applied here
-    (``on_failure`` is called if this process cannot read what the supervisor found
-    valid, so that the supervisor restarts it), and a reload asked of this process (the
-    API) is checked here and then handed to the supervisor, which reloads every worker."""
+    reload. Under a supervisor, the supervisor decides and counts: its SIGHUP says "the
+    files are valid, apply them" (``on_failure`` is called if this process cannot, so
+    that the supervisor restarts it), its SIGUSR1 "they were refused" (this process reads
+    them to show the same problems); a reload asked of this process (the API) is asked of
+    the supervisor, and answered once the supervisor's word arrived here."""
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class Reloader:
         self._metrics = metrics
         self._rebuild = rebuild
         self._lock = asyncio.Lock()
-        self._applied = asyncio.Event()
+        self._settled = asyncio.Event()
 
     async def reload(self) -> list[str]:
         """Reload as asked by an operator (the API, or SIGHUP to a lone process): the
@@ -132,20 +133,13 @@ class Reloader:
             return ["(start): reload: this gateway was started without a source to read again"]
         if not self.supervised:
             return await self._apply(count=True)
-        try:
-            await asyncio.to_thread(self.source.load)
-        except ConfigError as exc:
-            problems = problems_of(exc)
-            self.live.last_error = problems
-            refused(problems, self._metrics)
-            return problems
-        applied_here = self._applied
+        settled = self._settled
         os.kill(os.getppid(), signal.SIGHUP)
         try:
             async with asyncio.timeout(SUPERVISOR_WAIT):
-                await applied_here.wait()
+                await settled.wait()
         except TimeoutError:
-            return ["(supervisor): reload: not applied in time; the supervisor's log says why"]
+            return ["(supervisor): reload: no answer in time; the supervisor's log says why"]
         return self.live.last_error or []
 
     async def follow_supervisor(self) -> None:
@@ -153,6 +147,18 @@ class Reloader:
         if self.source is not None and await self._apply(count=False):
             log.error("this worker could not apply the config the supervisor applied; it restarts")
             self.on_failure()
+
+    async def supervisor_refused(self) -> None:
+        """The supervisor kept the old snapshot: show why here too."""
+        if self.source is None:
+            return
+        try:
+            await asyncio.to_thread(self.source.load)
+        except ConfigError as exc:
+            self.live.last_error = problems_of(exc)
+        else:  # the files changed again since; the supervisor looks at them next
+            self.live.last_error = ["(supervisor): reload refused; the supervisor's log says why"]
+        self._settle()
 
     async def _apply(self, *, count: bool) -> list[str]:
         assert self.source is not None
@@ -165,13 +171,17 @@ class Reloader:
                 self.live.last_error = problems
                 if count:
                     refused(problems, self._metrics)
+                self._settle()
                 return problems
             await self._rebuild(new)
             self.live.last_error = None
             applied(old, new, self._metrics if count else None)
-            self._applied.set()
-            self._applied = asyncio.Event()
+            self._settle()
             return []
+
+    def _settle(self) -> None:
+        self._settled.set()
+        self._settled = asyncio.Event()
 
 
 class Watcher:

@@ -175,7 +175,16 @@ async def test_workers_reload_together_on_sighup_to_their_supervisor(gateway_pro
         (policies_of(gw) / "v.yaml").write_text(f"vendor: v\nupstream: {vendor.url}\nbudget: []\n")
         async with session.post(gw.url + "/_gateway/reload", headers=admin) as refused:
             assert refused.status == 422
+            assert any("v.yaml:3: budget:" in p for p in (await refused.json())["problems"])
         assert await every_connection_sees(2000)
+        async def every_connection_shows_why():
+            for _ in range(12):
+                status = await json_of(session, gw.url + "/_gateway/status")
+                if not any("v.yaml:3: budget:" in p for p in status["config"]["last_error"] or ()):
+                    return False
+            return True
+
+        await poll(every_connection_shows_why, "every worker shows the problems")
         write(policies_of(gw), limited("v", vendor.url, 3000))
         async with session.post(gw.url + "/_gateway/reload", headers=admin) as answer:
             assert answer.status == 200 and await answer.json() == {"vendors": ["v"]}
