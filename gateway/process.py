@@ -179,7 +179,7 @@ async def _serve_until_signal(settings: Settings, source: Source | None, sock: s
     await site.start()
     await stop.wait()
     # A reload under way finishes first: stopping it half-way would leave what it opened.
-    await asyncio.gather(*reloads, *([watching] if watching else []))
+    await asyncio.gather(*reloads, *([watching] if watching else []), return_exceptions=True)
     log.info("draining: no new connections, up to %gs for requests in flight", settings.config.drain)
     app[DRAINING].append(True)
     await runner.cleanup()
