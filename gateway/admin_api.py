@@ -1,6 +1,6 @@
-"""The admin API for dead letters: list (filtered by vendor, status and time), get, replay
-one or all that match, delete. Every call needs the admin key (``X-Gateway-Admin-Key: KEY``
-or ``Authorization: Bearer KEY``)."""
+"""The admin API: reload, and dead letters (list filtered by vendor, status and time, get,
+replay one or all that match, delete). Every call needs the admin key
+(``X-Gateway-Admin-Key: KEY`` or ``Authorization: Bearer KEY``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from gateway.errors import (
     Conflict,
     Forbidden,
     GatewayError,
+    InvalidConfig,
     NotFound,
     ServiceUnavailable,
     StorageError,
@@ -30,7 +31,7 @@ from gateway.errors import (
 )
 from gateway.answers import problem_response
 from gateway.core.dead_letter import DeadLetter
-from gateway.state import DEAD_LETTERS, PIPELINE, SETTINGS, STORAGE
+from gateway.state import LIVE, RELOADER, STORAGE
 from gateway.storage import DeadLetterStore
 
 BULK_REPLAY = web.AppKey("bulk_replay", asyncio.Lock)  # held while a bulk replay runs in this process
@@ -45,7 +46,7 @@ def _admin(handler: Handler) -> Handler:
     @wraps(handler)
     async def checked(request: web.Request) -> web.Response:
         try:
-            expected = request.app[SETTINGS].config.admin_key
+            expected = request.app[LIVE].current.settings.config.admin_key
             if expected is None:
                 raise Forbidden("the admin API is off: configure admin_key to use it")
             presented = request.headers.get("X-Gateway-Admin-Key") or bearer_token(request.headers.get("Authorization", ""))
@@ -135,6 +136,16 @@ async def _matching(storage: DeadLetterStore, match: Match, after: str = "") -> 
 
 
 @_admin
+async def reload(request: web.Request) -> web.Response:
+    """Read the config and every policy again: 200 with the vendors now served, or 422
+    with every problem found (the old snapshot stays in force)."""
+    problems = await request.app[RELOADER].reload()
+    if problems:
+        raise InvalidConfig(problems)
+    return web.json_response({"vendors": sorted(request.app[LIVE].current.settings.policies)})
+
+
+@_admin
 async def list_dead_letters(request: web.Request) -> web.Response:
     match = _match(request.query)
     after = request.query.get("after", "")
@@ -169,7 +180,7 @@ async def delete_dead_letter(request: web.Request) -> web.Response:
     entry = await storage.get_dead_letter(request.match_info["id"])
     if entry is None or not await storage.delete_dead_letter(entry.id):
         raise NotFound(f"no dead letter {request.match_info['id']!r}")
-    await request.app[DEAD_LETTERS].count(entry.vendor)
+    await request.app[LIVE].current.dead_letters.count(entry.vendor)
     return web.Response(status=204)
 
 
@@ -180,11 +191,11 @@ async def _replay(app: web.Application, entry: DeadLetter) -> dict[str, object]:
     if not await storage.claim_dead_letter(entry.id, REPLAY_CLAIM):
         raise Conflict(f"dead letter {entry.id!r} is being replayed already")
     try:
-        delivery = await app[PIPELINE].replay(entry)
+        delivery = await app[LIVE].current.pipeline.replay(entry)
         result: dict[str, object] = {"id": entry.id, "status": delivery.status, "attempts": delivery.attempts}
         if delivery.status < 400:
             await storage.delete_dead_letter(entry.id)
-            await app[DEAD_LETTERS].count(entry.vendor)
+            await app[LIVE].current.dead_letters.count(entry.vendor)
             return {**result, "outcome": "delivered"}
         again = entry.failed_again(delivery.status, delivery.error, delivery.attempts, time.time())
         await storage.update_dead_letter(again)

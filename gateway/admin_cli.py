@@ -1,4 +1,4 @@
-"""``gateway dead-letters ...``: the admin API from a terminal.
+"""``gateway dead-letters ...`` and ``gateway reload``: the admin API from a terminal.
 
 It talks to a running gateway, found from the ``listen`` of its config file (or named
 with ``--url``), with the admin key from the environment variable GATEWAY_ADMIN_KEY
@@ -76,6 +76,51 @@ def run(args: argparse.Namespace, config_file: str | None) -> int:
     except _CommandError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+
+
+def add_reload_parser(commands: Any, config_help: str) -> None:
+    parser = commands.add_parser("reload", help="make a running gateway read its config and policies again")
+    parser.add_argument("--config", metavar="FILE", help=f"{config_help}; its listen says where the gateway is")
+    parser.add_argument("--url", help="the gateway's address, instead of the config's listen")
+
+
+def reload(args: argparse.Namespace, config_file: str | None) -> int:
+    """``gateway reload``: 0 when the new snapshot is in force, 1 printing its problems."""
+    key = os.environ.get(KEY_VARIABLE)
+    if not key:
+        print(f"gateway: set {KEY_VARIABLE} to the gateway's admin key", file=sys.stderr)
+        return 2
+    try:
+        url = (args.url or gateway_url(config_file)).rstrip("/") + "/_gateway/reload"
+    except _CommandError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    request = urllib.request.Request(url, method="POST", headers={"X-Gateway-Admin-Key": key})
+    try:
+        with _OPENER.open(request, timeout=120) as response:
+            vendors = json.loads(response.read())["vendors"]
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            body = {}
+        problems = body.get("problems") if isinstance(body, dict) else None
+        if exc.code == 422 and isinstance(problems, list):
+            for problem in problems:
+                print(problem)
+            print("gateway: reload refused: the old config and policies stay in force", file=sys.stderr)
+        else:
+            detail = body.get("detail", exc.reason) if isinstance(body, dict) else exc.reason
+            print(f"gateway: {exc.code}: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"gateway: cannot reach {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError, TypeError):
+        print(f"gateway: {url} did not answer as a gateway does", file=sys.stderr)
+        return 1
+    print(f"ok: reloaded: {len(vendors)} vendor(s): {', '.join(vendors)}")
+    return 0
 
 
 class _CommandError(Exception):

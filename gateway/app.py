@@ -4,13 +4,16 @@
 and, in ``cleanup_ctx``, its resources, opened on start and closed on stop once per
 process: the storage backend chosen from the storage URL, the upstream client sessions,
 the credential providers, and the budgets, breakers, cache, dead letters and attempts the
-pipeline is made of. Handlers reach them through the typed app keys of gateway.state.
+pipeline is made of. Handlers reach them through the typed app keys of gateway.state; the
+snapshot of config and policies in force, and what is built from it, through ``LIVE``, which
+a reload (gateway.reload) replaces in one step.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -22,20 +25,21 @@ from gateway.auth_stops import AuthStops
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
 from gateway.cache import ResponseCache
-from gateway.config.loader import Settings
+from gateway.config.loader import Settings, Source
 from gateway.config.model import JwtBearer, OAuth2
 from gateway.console.console import ASSET_ROUTE, console, console_asset, console_without_key, to_console
 from gateway.credentials import CredentialProvider, static_provider
 from gateway.deadletters import DeadLetters
 from gateway.metrics import Metrics
 from gateway.notify import Notifier, Watch
+from gateway.core.notices import AnswerCounts
 from gateway.pipeline import Pipeline
 from gateway.readers import readers_only
 from gateway.token_encryption import Sealer
 from gateway.server import count_errors, origin_form_only
+from gateway.reload import Live, Reloader, Snapshot
 from gateway.state import (
-    AUTH_STOPS, BREAKERS, BUDGETS, DEAD_LETTERS, DRAINING, METRICS, NOTIFIER, PIPELINE, SETTINGS, STORAGE, TOKENS,
-    WATCH,
+    AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, NOTIFIER, RELOADER, SETTINGS, SOURCE, STORAGE, WATCH,
 )
 from gateway.storage import open_storage
 from gateway.tokens import TokenProvider
@@ -58,10 +62,12 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_app(settings: Settings) -> web.Application:
-    """The application for ``settings``: its routes, and its resources opened on start."""
+def build_app(settings: Settings, source: Source | None = None) -> web.Application:
+    """The application for ``settings``: its routes, and its resources opened on start.
+    ``source`` is where a reload reads the settings again (None: the app cannot reload)."""
     app = web.Application(middlewares=[count_errors, origin_form_only])
     app[SETTINGS] = settings
+    app[SOURCE] = source
     app[METRICS] = Metrics()
     app[DRAINING] = []
     app[admin_api.BULK_REPLAY] = asyncio.Lock()
@@ -70,6 +76,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", server.readyz)
     app.router.add_get("/metrics", readers_only(server.metrics))
     app.router.add_get("/_gateway/status", readers_only(server.status))
+    app.router.add_post("/_gateway/reload", admin_api.reload)
     app.router.add_get("/_gateway/dead-letters", admin_api.list_dead_letters)
     app.router.add_get("/_gateway/dead-letters/{id}", admin_api.get_dead_letter)
     app.router.add_post("/_gateway/dead-letters/replay", admin_api.replay_dead_letters)
@@ -83,59 +90,135 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
+class _Wiring:
+    """What every snapshot shares (storage, breakers, budgets, cache, the token session),
+    and how a snapshot is built from the one before it, keeping what did not change."""
+
+    def __init__(self, app: web.Application) -> None:
+        config = app[SETTINGS].config
+        self.metrics = app[METRICS]
+        self.storage = open_storage(
+            config.storage, data_dir=config.relative(config.data_dir), cluster=config.redis_cluster,
+            cache_max=config.cache_max,
+        )
+        self.token_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self.breakers = CircuitBreakers(self.storage, self.metrics)
+        self.budgets = Budgets(self.storage, self.metrics, config)
+        self.cache = ResponseCache(self.storage, self.metrics)
+        # The snapshot's token providers and whether each fails, read by what outlives a
+        # reload (auth stops, notifications): refilled by every build.
+        self.tokens: dict[str, TokenProvider] = {}
+        self.failing: dict[str, Callable[[], bool]] = {}
+        self.auth_stops = AuthStops(self.storage, self.metrics, self.failing)
+        self.answers = AnswerCounts()
+        self.notifier = Notifier(config.notify.url if config.notify else None, self.storage)
+        self.watch = Watch(self.notifier, self.tokens, self.answers, self.budgets.forecasts)
+        self.breakers.watch(self.watch.breaker_changed)
+        self.auth_stops.watch(self.watch.credentials_rejected)
+        self.storage.health.watch(self.watch.storage_changed)
+        self.live: Live | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    async def build(self, settings: Settings, previous: Snapshot | None) -> Snapshot:
+        config = settings.config
+        clients = UpstreamClients(settings.policies, previous.clients if previous else None)
+        sealer = Sealer(config.secret_key.reveal() if config.secret_key else None)
+        credentials: dict[str, CredentialProvider] = {}
+        tokens: dict[str, TokenProvider] = {}
+        started: list[TokenProvider] = []
+        for vendor, policy in settings.policies.items():
+            spec = policy.credentials
+            static = static_provider(spec)
+            if static is not None:
+                credentials[vendor] = static
+            elif isinstance(spec, OAuth2 | JwtBearer):
+                kept = previous.tokens.get(vendor) if previous else None
+                if kept is not None and previous is not None and _same_token(previous.settings, settings, vendor):
+                    tokens[vendor] = credentials[vendor] = kept
+                else:
+                    provider = TokenProvider(vendor, spec, self.storage, self.token_session, sealer, self.metrics)
+                    tokens[vendor] = credentials[vendor] = provider
+                    started.append(provider)
+        dead_letters = DeadLetters(self.storage, self.metrics, settings.policies)
+        dead_letters.watch(self.watch.dead_letter_kept)
+        self.budgets.follow(config)
+        self.tokens.clear()
+        self.tokens.update(tokens)
+        self.failing.clear()
+        self.failing.update({v: tokens[v].failing if v in tokens else _never for v in settings.policies})
+        self.auth_stops.refresh_gauges()
+        attempts = Attempts(clients, credentials, self.breakers, self.auth_stops, self.budgets, self.metrics)
+        pipeline = Pipeline(settings, attempts, self.cache, dead_letters, self.metrics, self.answers)
+        for vendor, policy in settings.policies.items():
+            if policy.dead_letter:
+                await dead_letters.count(vendor)
+        for provider in started:
+            provider.start()
+        return Snapshot(settings, pipeline, tokens, clients, dead_letters, time.time())
+
+    async def rebuild(self, settings: Settings) -> None:
+        """Put a snapshot of ``settings`` in force, and retire what the old one alone used:
+        its token providers at once, its client sessions once the requests in flight on
+        them had the time a drain gives them."""
+        assert self.live is not None
+        old = self.live.current
+        new = await self.build(settings, old)
+        self.live.current = new
+        for vendor, policy in new.settings.policies.items():
+            if vendor in old.settings.policies and not _same_token(old.settings, new.settings, vendor):
+                await self.auth_stops.credentials_changed(vendor)  # a new credential: the stop ends
+        kept = {id(provider) for provider in new.tokens.values()}
+        await asyncio.gather(*(p.stop() for p in old.tokens.values() if id(p) not in kept))
+        retired = new.clients.retired(old.clients)
+        if retired:
+            task = asyncio.create_task(_close_after(retired, settings.config.drain))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def close(self) -> None:
+        await self.watch.stop()
+        await self.notifier.stop()
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self.live is not None:
+            await asyncio.gather(*(provider.stop() for provider in self.live.current.tokens.values()))
+            await self.live.current.clients.close()
+        await self.token_session.close()
+        await self.storage.close()
+
+
 def _never() -> bool:
     return False
 
 
+def _same_token(old: Settings, new: Settings, vendor: str) -> bool:
+    return (old.policies[vendor].credentials == new.policies[vendor].credentials
+            and old.config.secret_key == new.config.secret_key)
+
+
+async def _close_after(sessions: list[aiohttp.ClientSession], delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await asyncio.gather(*(session.close() for session in sessions))
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    config = settings.config
-    clients = UpstreamClients(settings.policies)
-    storage = open_storage(
-        config.storage, data_dir=config.relative(config.data_dir), cluster=config.redis_cluster, cache_max=config.cache_max
-    )
-    app[STORAGE] = storage
-    token_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-    sealer = Sealer(config.secret_key.reveal() if config.secret_key else None)
-    credentials: dict[str, CredentialProvider] = {}
-    tokens: dict[str, TokenProvider] = {}
-    for vendor, policy in settings.policies.items():
-        spec = policy.credentials
-        static = static_provider(spec)
-        if static is not None:
-            credentials[vendor] = static
-        elif isinstance(spec, OAuth2 | JwtBearer):
-            tokens[vendor] = credentials[vendor] = TokenProvider(
-                vendor, spec, storage, token_session, sealer, app[METRICS]
-            )
-    app[TOKENS] = tokens
-    dead_letters = app[DEAD_LETTERS] = DeadLetters(storage, app[METRICS], settings.policies)
-    breakers = app[BREAKERS] = CircuitBreakers(storage, app[METRICS])
-    failing = {vendor: tokens[vendor].failing if vendor in tokens else _never for vendor in settings.policies}
-    auth_stops = app[AUTH_STOPS] = AuthStops(storage, app[METRICS], failing)
-    budgets = app[BUDGETS] = Budgets(storage, app[METRICS], config)
-    attempts = Attempts(clients, credentials, breakers, auth_stops, budgets, app[METRICS])
-    pipeline = app[PIPELINE] = Pipeline(
-        settings, attempts, ResponseCache(storage, app[METRICS]), dead_letters, app[METRICS]
-    )
-    notifier = app[NOTIFIER] = Notifier(config.notify.url if config.notify else None, storage)
-    watch = Watch(notifier, tokens, pipeline.answers, budgets.forecasts)
-    breakers.watch(watch.breaker_changed)
-    dead_letters.watch(watch.dead_letter_kept)
-    auth_stops.watch(watch.credentials_rejected)
-    storage.health.watch(watch.storage_changed)
-    app[WATCH] = watch  # storage's health holds its listeners weakly
-    notifier.start()
-    watch.start()
-    for vendor, policy in settings.policies.items():
-        if policy.dead_letter:
-            await dead_letters.count(vendor)
-    for provider in tokens.values():
-        provider.start()
-    yield
-    await watch.stop()
-    await notifier.stop()
-    await asyncio.gather(*(provider.stop() for provider in tokens.values()))
-    await token_session.close()
-    await clients.close()
-    await storage.close()
+    wiring = _Wiring(app)
+    app[STORAGE] = wiring.storage
+    app[BREAKERS] = wiring.breakers
+    app[BUDGETS] = wiring.budgets
+    app[AUTH_STOPS] = wiring.auth_stops
+    app[NOTIFIER] = wiring.notifier
+    app[WATCH] = wiring.watch  # storage's health holds its listeners weakly
+    try:
+        snapshot = await wiring.build(app[SETTINGS], None)
+        live = app[LIVE] = wiring.live = Live(snapshot)
+        app[RELOADER] = Reloader(live, app[SOURCE], app[METRICS], wiring.rebuild)
+        wiring.notifier.start()
+        wiring.watch.start()
+        app[METRICS].config_loaded.set(snapshot.loaded_at)
+        yield
+    finally:
+        await wiring.close()

@@ -108,6 +108,10 @@ class Budgets:
         self._limits: dict[tuple[str, str, int, float], int] = {}
         storage.health.watch(self._storage_changed)
 
+    def follow(self, config: Config) -> None:
+        """Take on a reloaded config's on_storage_error (the counts stay where they are)."""
+        self._on_error = config.on_storage_error
+
     def charges_for(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
         now = time.time()
         budgets = tuple(b for b in policy.budgets if b.match is None or b.match.fits(method, path))

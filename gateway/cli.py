@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, check, schema, dead-letters, --version."""
+"""The ``gateway`` command: serve, check, schema, reload, dead-letters, --version."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from gateway import __version__, admin_cli
-from gateway.config.loader import Overrides, Settings, load_settings
+from gateway.config.loader import Overrides, Settings, Source
 from gateway.config.model import CONFIG, POLICY
 from gateway.errors import ConfigError, StorageError
 
@@ -36,20 +36,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     schema.add_argument("--config", action="store_true", help="print the schema of gateway.yaml instead")
 
     admin_cli.add_parser(commands, CONFIG_HELP)
+    admin_cli.add_reload_parser(commands, CONFIG_HELP)
 
     args = parser.parse_args(argv)
     if args.command == "schema":
         return _schema(args.config)
     if args.command == "dead-letters":
         return admin_cli.run(args, _config_file(args))
-    settings = _load(args)
+    if args.command == "reload":
+        return admin_cli.reload(args, _config_file(args))
+    source = _source(args)
+    settings = _load(args, source)
     if settings is None:
         return 1
     if args.command == "check":
         print(f"ok: {len(settings.policies)} vendor polic{'y' if len(settings.policies) == 1 else 'ies'}: "
               + ", ".join(sorted(settings.policies)))
         return 0
-    return _serve(settings)
+    return _serve(settings, source)
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -72,16 +76,19 @@ def _config_file(args: argparse.Namespace) -> str | None:
     return config
 
 
-def _load(args: argparse.Namespace) -> Settings | None:
-    config_file = _config_file(args)
+def _source(args: argparse.Namespace) -> Source:
     overrides = Overrides(
         policies=args.policies,
         listen=getattr(args, "listen", None),
         storage=getattr(args, "storage", None),
         workers=getattr(args, "workers", None),
     )
+    return Source(_config_file(args), os.environ, overrides)
+
+
+def _load(args: argparse.Namespace, source: Source) -> Settings | None:
     try:
-        return load_settings(config_file, os.environ, overrides)
+        return source.load()
     except ConfigError as exc:
         # check's findings are its output; serve's are why it did not start.
         out = sys.stdout if args.command == "check" else sys.stderr
@@ -90,7 +97,7 @@ def _load(args: argparse.Namespace) -> Settings | None:
         return None
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, source: Source) -> int:
     from gateway import process
 
     process.configure_logging(settings.config.log_format)
@@ -99,7 +106,7 @@ def _serve(settings: Settings) -> int:
         print(f"gateway: {refusal}", file=sys.stderr)
         return 2
     try:
-        return process.serve(settings)
+        return process.serve(settings, source)
     except OSError as exc:
         print(f"gateway: cannot listen on {settings.config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 2

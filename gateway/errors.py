@@ -12,6 +12,7 @@ The hierarchy::
     ├── RequestTimeout                408 request-timeout: the caller's head or body too slow
     ├── Conflict                      409 replay-in-progress: a dead letter is being replayed
     ├── PayloadTooLarge               413 payload-too-large: body over max_body
+    ├── InvalidConfig                 422 invalid-config: a reload refused (the old snapshot kept)
     ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
     ├── CallerGone                    499 caller-gone: the caller left before its answer was out
     ├── UpstreamUnavailable           502 upstream-unavailable: connection failed, answer broken
@@ -140,6 +141,21 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "payload-too-large"
     title = "Request body too large"
+
+
+class InvalidConfig(GatewayError):
+    """A reload found problems; its body lists them, each ``FILE:LINE: FIELD: message``."""
+
+    status = 422
+    type = "invalid-config"
+    title = "Invalid configuration"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s); the old config and policies stay in force")
+        self.problems = problems
+
+    def problem(self) -> dict[str, Any]:
+        return {**super().problem(), "problems": self.problems}
 
 
 class BudgetExhausted(GatewayError):

@@ -151,6 +151,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.config_reloads = Counter(
+            "gateway_config_reloads_total",
+            "Reloads of the config and policies, by result (error: the old snapshot stayed in force)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+        self.config_loaded = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "When the snapshot in force was loaded (at start, then at each applied reload)",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         directory = os.environ.get(MULTIPROC_ENV)
         if directory:

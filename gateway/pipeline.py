@@ -50,7 +50,8 @@ log = logging.getLogger("gateway.pipeline")
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, attempts: Attempts, cache: ResponseCache, dead_letters: DeadLetters, metrics: Metrics
+        self, settings: Settings, attempts: Attempts, cache: ResponseCache, dead_letters: DeadLetters, metrics: Metrics,
+        answers: AnswerCounts,
     ) -> None:
         self.policies: Mapping[str, Policy] = settings.policies
         self.max_body = settings.config.max_body
@@ -61,7 +62,7 @@ class Pipeline:
         self._caching = Caching(cache, dead_letters, self.send)
         self._dead_letters = dead_letters
         self._metrics = metrics
-        self.answers = AnswerCounts()
+        self.answers = answers  # shared by every snapshot: the success rates outlive a reload
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The request's answer, counted once for the metrics however it ends."""

@@ -1,8 +1,9 @@
 """Running the gateway: the listening socket, N worker processes, signals and drain.
 
-With ``workers: 1`` the one process serves. With more, a supervisor binds the socket,
-forks the workers (which share it), restarts a worker that dies, and on SIGTERM passes
-the signal on and exits 0 once every worker has drained.
+With ``workers: 1`` the one process serves, and reloads on SIGHUP or a changed file. With
+more, a supervisor binds the socket, forks the workers (which share it), restarts a worker
+that dies, decides reloads and passes them on as SIGHUP, and on SIGTERM passes the signal
+on and exits 0 once every worker has drained.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.config.loader import Settings
+from gateway.config.loader import Settings, Source
+from gateway.config.problems import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.reload import Reloader
 
 log = logging.getLogger("gateway")
 
@@ -74,12 +81,16 @@ def bind(settings: Settings) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
-def serve(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT; 0 after a clean drain. Raises OSError if it cannot bind."""
+def serve(settings: Settings, source: Source | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; 0 after a clean drain. Raises OSError if it cannot bind.
+    SIGHUP (and, with ``watch``, a changed file) reloads from ``source``."""
     raise_open_files_limit()
+    # Held back until the reload handlers are in place: their default action would end
+    # the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _RELOAD_SIGNALS)
     if settings.config.workers == 1:
-        return _run_worker(settings, None)
-    return _supervise(settings)
+        return _run_worker(settings, source, None)
+    return _supervise(settings, source)
 
 
 def raise_open_files_limit() -> None:
@@ -103,7 +114,10 @@ def _announce(settings: Settings, sock: socket.socket) -> None:
     )
 
 
-def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
+def _run_worker(settings: Settings, source: Source | None, sock: socket.socket | None) -> int:
+    """Serve in this process: alone (``sock`` None: it binds, watches and reloads itself)
+    or as a supervisor's worker on its socket. 0 after a clean drain, 1 when it stopped so
+    that the supervisor restarts it."""
     try:
         import uvloop
     except ImportError:
@@ -111,27 +125,28 @@ def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve_until_signal(settings, sock))
-    return 0
+        return runner.run(_serve_until_signal(settings, source, sock))
 
 
-async def _serve_until_signal(settings: Settings, sock: socket.socket | None) -> None:
+async def _serve_until_signal(settings: Settings, source: Source | None, sock: socket.socket | None) -> int:
     # Imported here: with workers the supervisor must set PROMETHEUS_MULTIPROC_DIR
     # before prometheus_client is first imported.
     from gateway.app import build_app, server_options
     from gateway.server import GatewayRunner
-    from gateway.state import DRAINING
+    from gateway.state import DRAINING, RELOADER
 
     stop = asyncio.Event()
+    code = 0
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    supervised = sock is not None
     if sock is None:
         sock = bind(settings)
         _announce(settings, sock)
     from gateway.logs import JsonAccessLog
 
-    app = build_app(settings)
+    app = build_app(settings, source)
     runner = GatewayRunner(
         app,
         handle_signals=False,
@@ -140,48 +155,96 @@ async def _serve_until_signal(settings: Settings, sock: socket.socket | None) ->
         **server_options(settings),
     )
     await runner.setup()
+    reloader = app[RELOADER]
+    reloader.supervised = supervised
+
+    def restart() -> None:
+        nonlocal code
+        code = 1
+        stop.set()
+
+    reloader.on_failure = restart
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def reload_soon() -> None:
+        if not stop.is_set():  # draining: what is left to serve keeps the snapshot it has
+            _track(reloads, reloader.follow_supervisor() if supervised else reloader.reload())
+
+    loop.add_signal_handler(signal.SIGHUP, reload_soon)
+    if supervised:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: _track(reloads, reloader.supervisor_refused()))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELOAD_SIGNALS)
+    watching = None
+    if not supervised and source is not None and settings.config.watch:
+        watching = asyncio.create_task(_watch(reloader, stop))
     site = web.SockSite(runner, sock)
     await site.start()
     await stop.wait()
+    # A reload under way finishes first: stopping it half-way would leave what it opened.
+    await asyncio.gather(*reloads, *([watching] if watching else []), return_exceptions=True)
     log.info("draining: no new connections, up to %gs for requests in flight", settings.config.drain)
     app[DRAINING].append(True)
     await runner.cleanup()
     log.info("stopped")
+    return code
 
 
-def _supervise(settings: Settings) -> int:
+def _track(tasks: set[asyncio.Task[Any]], work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _watch(reloader: Reloader, stop: asyncio.Event) -> None:
+    """A lone process's own watching until ``stop``: reload when a file changed (and settled)."""
+    from gateway.reload import WATCH_INTERVAL, Watcher
+
+    assert reloader.source is not None
+    watcher = Watcher(reloader.source.config_file, reloader.live.current.settings.config.policies)
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(WATCH_INTERVAL):
+                await stop.wait()
+        except TimeoutError:
+            pass
+        if not stop.is_set() and watcher.changed():
+            await reloader.reload()
+            watcher.follow(reloader.live.current.settings.config.policies)
+
+
+_SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_RELOAD_SIGNALS = {signal.SIGHUP, signal.SIGUSR1}  # apply the files / the files were refused
+
+
+def _supervise(settings: Settings, source: Source | None) -> int:
+    """Bind, fork the workers, and wait for signals and workers' exits, looking at the
+    files between (with ``watch``). A reload is decided here: the supervisor reads the
+    files, and only when they are valid passes SIGHUP to every worker, so that all apply
+    the same snapshot; a worker that then cannot is restarted, with the new settings."""
     workers: dict[int, int] = {}
     stopping = False
-    listening: list[socket.socket] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for sock in listening:
-            sock.close()  # no more restarts: new connections must be refused, not queued
-        for pid in workers:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # Signals are taken synchronously (sigtimedwait), never in a handler: a reload or
+    # a fork cannot be interrupted half-way by another signal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
     sock = bind(settings)
-    listening.append(sock)
     _announce(settings, sock)
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from prometheus_client import multiprocess  # only now: after the variable is set
 
+    from gateway.metrics import Metrics
+    from gateway.reload import WATCH_INTERVAL, Watcher, applied, load_next, problems_of, refused
+
+    metrics = Metrics()
+    watcher = Watcher(source.config_file, settings.config.policies) if source and settings.config.watch else None
+
     def start(index: int) -> None:
         pid = os.fork()
         if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS - _RELOAD_SIGNALS)
             code = 1
             try:
-                code = _run_worker(settings, sock)
+                code = _run_worker(settings, source, sock)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -189,25 +252,69 @@ def _supervise(settings: Settings) -> int:
                 os._exit(code)
         workers[pid] = index
 
+    def reload() -> None:
+        nonlocal settings
+        assert source is not None
+        try:
+            new = load_next(source, settings)
+        except ConfigError as exc:
+            refused(problems_of(exc), metrics)
+            for pid in workers:
+                _signal(pid, signal.SIGUSR1)
+            return
+        applied(settings, new, metrics)
+        settings = new
+        if watcher is not None:
+            watcher.follow(settings.config.policies)
+        for pid in workers:
+            _signal(pid, signal.SIGHUP)
+
     try:
         for index in range(settings.config.workers):
-            if not stopping:
-                start(index)
+            start(index)
         while workers:
-            pid, status = os.wait()
-            if pid not in workers:
-                continue
-            index = workers.pop(pid)
-            multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
-            if not stopping:
-                log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
-                time.sleep(RESTART_PAUSE)  # a worker that cannot start must not spin the CPU
+            got = signal.sigtimedwait(_SUPERVISOR_SIGNALS, WATCH_INTERVAL)
+            signum = got.si_signo if got is not None else None
+            if signum in (signal.SIGTERM, signal.SIGINT) and not stopping:
+                stopping = True
+                sock.close()  # no more restarts: new connections must be refused, not queued
+                for pid in workers:
+                    _signal(pid, signal.SIGTERM)
+            elif not stopping and source is not None and (
+                signum == signal.SIGHUP or (signum is None and watcher is not None and watcher.changed())
+            ):
+                reload()
+            while workers:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                if pid not in workers:
+                    continue
+                index = workers.pop(pid)
+                multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
                 if not stopping:
+                    log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
+                    time.sleep(RESTART_PAUSE)  # a worker that cannot start must not spin the CPU
                     start(index)
     finally:
+        # Whatever ended the loop, no worker may outlive the supervisor holding the port.
+        for pid in workers:
+            _signal(pid, signal.SIGTERM)
+        for pid in list(workers):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
         sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 class TextFormatter(logging.Formatter):

@@ -15,7 +15,7 @@ from gateway.answers import problem_response
 from gateway.callers import digest, presented_key
 from gateway.config.loader import Settings
 from gateway.errors import Unauthenticated
-from gateway.state import SETTINGS
+from gateway.state import LIVE
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 Refusal = Callable[[web.Request, Unauthenticated], Awaitable[web.Response]]
@@ -51,7 +51,7 @@ def readers_only(handler: Handler, refused: Refusal = _problem) -> Handler:
     @wraps(handler)
     async def checked(request: web.Request) -> web.Response:
         try:
-            check_reader(request.app[SETTINGS], request)
+            check_reader(request.app[LIVE].current.settings, request)
         except Unauthenticated as err:
             return await refused(request, err)
         return await handler(request)

@@ -18,7 +18,7 @@ from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageEr
 from gateway.request import request_id
 from gateway.core.auth_stop import REJECTED
 from gateway.metrics import Metrics
-from gateway.state import AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, METRICS, PIPELINE, SETTINGS, STORAGE, TOKENS
+from gateway.state import AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, SETTINGS, STORAGE
 
 
 class GatewayRunner(web.AppRunner):
@@ -69,7 +69,8 @@ async def origin_form_only(
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    return await request.app[PIPELINE].handle(request)
+    # The snapshot is taken once: a reload while this request runs does not change its way.
+    return await request.app[LIVE].current.pipeline.handle(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -78,13 +79,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
-    body: dict[str, object] = {"policies": len(request.app[SETTINGS].policies), "storage": storage.name}
+    settings = request.app[LIVE].current.settings
+    body: dict[str, object] = {"policies": len(settings.policies), "storage": storage.name}
     if request.app[DRAINING]:
         return web.json_response({**body, "status": "draining"}, status=503)
     try:
         await storage.ping()
     except StorageError as exc:
-        fallback = request.app[SETTINGS].config.on_storage_error
+        fallback = settings.config.on_storage_error
         if fallback == "reject":
             return web.json_response({**body, "status": "unready", "detail": str(exc)}, status=503)
         # The gateway still serves: budgets follow on_storage_error until storage answers.
@@ -106,15 +108,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Per vendor: upstream, credential state (never a secret), breaker state and budgets."""
-    settings = request.app[SETTINGS]
-    tokens = request.app[TOKENS]
+    """Per vendor: upstream, credential state (never a secret), breaker state and budgets;
+    and when the config in force was loaded, and why the latest reload was refused."""
+    live = request.app[LIVE]
+    snapshot = live.current
+    settings = snapshot.settings
+    tokens = snapshot.tokens
     breakers = request.app[BREAKERS]
     budgets = request.app[BUDGETS]
     auth_stops = request.app[AUTH_STOPS]
     vendors: dict[str, dict[str, object]] = {}
     for vendor, policy in sorted(settings.policies.items()):
-        credentials = tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"}
+        credentials: dict[str, object] = (
+            tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"}
+        )
         stop = await auth_stops.standing(policy)
         if stop.state == REJECTED:
             credentials.update(state="rejected", probing=stop.probing, next_probe_in=round(stop.retry_after, 3))
@@ -125,4 +132,4 @@ async def status(request: web.Request) -> web.Response:
             "circuit_breaker": await breakers.state(vendor, breaker) if breaker is not None else None,
             "budgets": await budgets.status(policy, settings.config.callers),
         }
-    return web.json_response({"vendors": vendors}, status=200)
+    return web.json_response({"vendors": vendors, "config": live.status()}, status=200)

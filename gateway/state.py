@@ -8,22 +8,21 @@ from aiohttp import web
 from gateway.auth_stops import AuthStops
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
-from gateway.config.loader import Settings
-from gateway.deadletters import DeadLetters
+from gateway.config.loader import Settings, Source
 from gateway.metrics import Metrics
 from gateway.notify import Notifier, Watch
-from gateway.pipeline import Pipeline
+from gateway.reload import Live, Reloader
 from gateway.storage import Storage
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", Settings)  # the settings the app started with
+SOURCE: web.AppKey[Source | None] = web.AppKey("source")  # where a reload reads them again
+LIVE = web.AppKey("live", Live)  # the snapshot in force: take .current once per request
+RELOADER = web.AppKey("reloader", Reloader)
 METRICS = web.AppKey("metrics", Metrics)
 STORAGE = web.AppKey("storage", Storage)
-PIPELINE = web.AppKey("pipeline", Pipeline)
 BUDGETS = web.AppKey("budgets", Budgets)
 BREAKERS = web.AppKey("breakers", CircuitBreakers)
 AUTH_STOPS = web.AppKey("auth_stops", AuthStops)
-DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 NOTIFIER = web.AppKey("notifier", Notifier)  # reloads and auth stops tell through it
 WATCH = web.AppKey("watch", Watch)
 DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived
-TOKENS = web.AppKey("tokens", dict)  # vendor -> TokenProvider

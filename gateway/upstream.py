@@ -38,19 +38,30 @@ class AttemptFailed(Exception):
 
 
 class UpstreamClients:
-    """One pooled aiohttp session per vendor, opened at start and closed at shutdown."""
+    """One pooled aiohttp session per vendor. A reload builds new clients from the old:
+    a vendor whose upstream and timeout are unchanged keeps its session (and its pooled
+    connections); the others get a new one, and ``retired`` names the old sessions no
+    longer used, for the wiring to close once the requests using them are done."""
 
-    def __init__(self, policies: Mapping[str, Policy]) -> None:
-        self._sessions = {
-            vendor: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONNECTIONS_PER_VENDOR, enable_cleanup_closed=True),
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=policy.timeout),
-                skip_auto_headers=_AUTO_HEADERS,
-            )
-            for vendor, policy in policies.items()
-        }
+    def __init__(self, policies: Mapping[str, Policy], previous: UpstreamClients | None = None) -> None:
+        self._pools = {vendor: (policy.upstream.url, policy.timeout) for vendor, policy in policies.items()}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        for vendor, policy in policies.items():
+            if previous is not None and previous._pools.get(vendor) == self._pools[vendor]:
+                self._sessions[vendor] = previous._sessions[vendor]
+            else:
+                self._sessions[vendor] = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=CONNECTIONS_PER_VENDOR, enable_cleanup_closed=True),
+                    auto_decompress=False,
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=policy.timeout),
+                    skip_auto_headers=_AUTO_HEADERS,
+                )
+
+    def retired(self, previous: UpstreamClients) -> list[aiohttp.ClientSession]:
+        """The sessions of ``previous`` these clients do not use."""
+        kept = {id(session) for session in self._sessions.values()}
+        return [session for session in previous._sessions.values() if id(session) not in kept]
 
     async def send(
         self,

@@ -16,7 +16,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.config.loader import Overrides, Settings, load_settings
+from gateway.config.loader import Overrides, Settings, Source, load_settings
 from gateway.app import build_app, server_options
 from gateway.server import GatewayRunner
 from tests.mock_vendor import MockVendor
@@ -73,8 +73,9 @@ def gateway(
         *policies: dict[str, Any], config: dict[str, Any] | None = None, env: dict[str, str] | None = None
     ) -> TestClient:
         config_file, policy_dir = write_setup(tmp_path, list(policies), config or {})
-        settings = load_settings(str(config_file), env or {}, Overrides())
-        server = GatewayTestServer(build_app(settings))
+        source = Source(str(config_file), env or {}, Overrides())
+        settings = source.load()
+        server = GatewayTestServer(build_app(settings, source))
         await server.start_server(**server_options(settings))  # as `gateway serve` runs it
         return await aiohttp_client(server)
 

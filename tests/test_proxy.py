@@ -232,14 +232,14 @@ async def test_methods_that_would_echo_or_tunnel_are_refused(gateway, vendor, me
 
 
 async def test_an_unexpected_error_still_answers_problem_json(gateway, vendor):
-    from gateway.state import PIPELINE
+    from gateway.state import LIVE
 
     class Broken:
         async def apply(self, headers, query):
             raise RuntimeError("bug")
 
     client = await gateway(policy(vendor))
-    client.server.app[PIPELINE].attempts.credentials = {"v": Broken()}
+    client.server.app[LIVE].current.pipeline.attempts.credentials = {"v": Broken()}
     response = await client.get("/v/x")
     assert response.status == 500
     problem = await response.json()

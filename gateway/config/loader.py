@@ -39,6 +39,18 @@ class Overrides:
     workers: int | None = None
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a running gateway's settings come from, so that a reload reads them as the start did."""
+
+    config_file: str | None
+    environ: Mapping[str, str]
+    overrides: Overrides = Overrides()
+
+    def load(self) -> Settings:
+        return load_settings(self.config_file, self.environ, self.overrides)
+
+
 def load_settings(
     config_file: str | None,
     environ: Mapping[str, str],

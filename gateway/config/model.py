@@ -394,6 +394,7 @@ class Config:
     keepalive_timeout: float
     log_format: str = "text"
     notify: Notify | None = None
+    watch: bool = True
     source: str = ""
 
     @property
@@ -463,6 +464,8 @@ CONFIG = Obj(
         ),
         "log_format": Field(Str(enum=("text", "json")), default="text"),
         "notify": Field(NOTIFY),
+        "watch": Field(Bool(description="reload by itself when the config or a policy file changes (polled)"),
+                       default=True),
     },
     check=_check_config,
     description="the gateway's own configuration (gateway.yaml)",
