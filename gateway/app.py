@@ -215,7 +215,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     try:
         snapshot = await wiring.build(app[SETTINGS], None)
         live = app[LIVE] = wiring.live = Live(snapshot)
-        app[RELOADER] = Reloader(live, app[SOURCE], app[METRICS], wiring.rebuild)
+        reloader = app[RELOADER] = Reloader(live, app[SOURCE], app[METRICS], wiring.rebuild)
+        reloader.on_refused = lambda problems: wiring.notifier.reload_failed("; ".join(problems))
         wiring.notifier.start()
         wiring.watch.start()
         app[METRICS].config_loaded.set(snapshot.loaded_at)

@@ -110,6 +110,9 @@ def _serve(settings: Settings, source: Source) -> int:
     except OSError as exc:
         print(f"gateway: cannot listen on {settings.config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # storage failed between the check and the start
+        print(f"gateway: storage is unusable: {exc}", file=sys.stderr)
+        return 2
 
 
 def _unusable_data_dir(settings: Settings) -> str | None:

@@ -141,9 +141,6 @@ async def _serve_until_signal(settings: Settings, source: Source | None, sock: s
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     supervised = sock is not None
-    if sock is None:
-        sock = bind(settings)
-        _announce(settings, sock)
     from gateway.logs import JsonAccessLog
 
     app = build_app(settings, source)
@@ -154,7 +151,16 @@ async def _serve_until_signal(settings: Settings, source: Source | None, sock: s
         access_log_class=JsonAccessLog if settings.config.log_format == "json" else AccessLog,
         **server_options(settings),
     )
+    # The app's resources (storage, data_dir) open before the port does: a start that fails
+    # there exits with one line, and no caller is ever accepted only to be reset.
     await runner.setup()
+    if sock is None:
+        try:
+            sock = bind(settings)
+        except OSError:
+            await runner.cleanup()
+            raise
+        _announce(settings, sock)
     reloader = app[RELOADER]
     reloader.supervised = supervised
 

@@ -121,6 +121,7 @@ class Reloader:
         self.source = source
         self.supervised = False
         self.on_failure: Callable[[], None] = lambda: None
+        self.on_refused: Callable[[list[str]], None] = lambda problems: None  # notify's
         self._metrics = metrics
         self._rebuild = rebuild
         self._lock = asyncio.Lock()
@@ -156,6 +157,7 @@ class Reloader:
             await asyncio.to_thread(self.source.load)
         except ConfigError as exc:
             self.live.last_error = problems_of(exc)
+            self.on_refused(self.live.last_error)
         else:  # the files changed again since; the supervisor looks at them next
             self.live.last_error = ["(supervisor): reload refused; the supervisor's log says why"]
         self._settle()
@@ -171,6 +173,7 @@ class Reloader:
                 self.live.last_error = problems
                 if count:
                     refused(problems, self._metrics)
+                    self.on_refused(problems)
                 self._settle()
                 return problems
             await self._rebuild(new)

@@ -149,6 +149,18 @@ async def test_a_vendor_refusing_our_credential_is_told(gateway, vendor, aiohttp
     assert "shop" in await receiver.told("refuses our credential")
 
 
+async def test_a_failed_reload_is_told(gateway, vendor, aiohttp_server, tmp_path) -> None:
+    receiver = Receiver()
+    hook = await aiohttp_server(receiver.app())
+    client = await gateway({"vendor": "shop", "upstream": vendor.url},
+                           config={"notify": {"url": "${HOOK}"}, "admin_key": "${ADMIN}"},
+                           env={"HOOK": f"http://127.0.0.1:{hook.port}/hook", "ADMIN": "admin-key-123"})
+    (tmp_path / "policies" / "shop.yaml").write_text(f"vendor: shop\nupstrem: {vendor.url}\n")
+    answer = await client.post("/_gateway/reload", headers={"X-Gateway-Admin-Key": "admin-key-123"})
+    assert answer.status == 422
+    assert "shop.yaml:2: upstrem" in await receiver.told("reload failed")
+
+
 async def test_a_hanging_webhook_never_slows_requests(gateway, vendor, aiohttp_server) -> None:
     receiver = Receiver(hang=True)
     hook = await aiohttp_server(receiver.app())
