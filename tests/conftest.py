@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.config.loader import Overrides, Settings, Source, load_settings
 from gateway.app import build_app, server_options
 from gateway.server import GatewayRunner
+from tests.backends import BACKENDS, Backend
 from tests.mock_vendor import MockVendor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,6 +184,48 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the backend table's tests (emptied before each)."""
+    server = RedisServer(tmp_path_factory.mktemp("table-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """One Redis Cluster for the backend table's tests (emptied before each)."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("table-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each backend of the table (tests/backends.py) in turn, empty."""
+    import redis
+
+    server: Any = None
+    if request.param == "fakeredis":
+        import fakeredis
+
+        server = fakeredis.FakeServer()
+    elif request.param in ("redis", "cluster"):
+        server = request.getfixturevalue(f"shared_redis_{'server' if request.param == 'redis' else 'cluster'}")
+        for node in getattr(server, "nodes", [server]):
+            with redis.Redis(port=node.port) as client:
+                client.flushall()
+    table = Backend(request.param, tmp_path, server)
+    try:
+        yield table
+    finally:
+        await table.close()
 
 
 def _bundled_redis_server() -> str | None:

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from gateway.core.budget import BUCKET, FIXED, ROLLING, Charge
 from gateway.errors import StorageError
 from gateway.storage.health import RETRY, StorageHealth
-from gateway.storage.redis import RedisStorage
+from tests.backends import REDIS_LIKE, Clock
 from tests.test_budgets import policy
 
 LOAD = 20  # concurrent callers
@@ -160,56 +160,58 @@ KINDS = [
 LATER = {BUCKET: T0 + 60, ROLLING: T0 + 120, FIXED: T0 + 55}  # when each is whole again
 
 
-async def _restored(redis_server, charge):
+async def _restored(backend, charge):
     """Levels before and after Redis loses its data, the charges taken in turns by two
     processes (so that each charged only some of the slots)."""
-    a, b = RedisStorage(redis_server.url), RedisStorage(redis_server.url)
-    try:
-        for i in range(8):
-            await (a if i % 2 else b).budget_call("v", "charge", [charge], now=T0 + i, arg=0.0)
-        await b.budget_call("v", "peek", [charge], now=T0 + 8)
-        before = (await a.budget_call("v", "peek", [charge], now=T0 + 9)).levels[0]
-        await a.client.flushall()  # as a Redis restarted without its data
-        after = (await a.budget_call("v", "peek", [charge], now=T0 + 9)).levels[0]
-        await b.budget_call("v", "peek", [charge], now=T0 + 9)  # b's view is merged in too
-        merged = (await a.budget_call("v", "peek", [charge], now=T0 + 9)).levels[0]
-        whole = (await a.budget_call("v", "charge", [charge], now=LATER[charge.kind], arg=0.0)).levels[0]
-        return before, after, merged, whole
-    finally:
-        await a.close()
-        await b.close()
+    clock = Clock()
+    a, b = backend.open(clock), backend.open(clock)
+    for i in range(8):
+        clock.now = T0 + i
+        await (a if i % 2 else b).charge_budgets("v", [charge], 0.0)
+    clock.now = T0 + 8
+    await b.peek_budgets("v", [charge])
+    clock.now = T0 + 9
+    before = (await a.peek_budgets("v", [charge])).levels[0]
+    await a.client.flushall()  # as a Redis restarted without its data
+    after = (await a.peek_budgets("v", [charge])).levels[0]
+    await b.peek_budgets("v", [charge])  # b's view is merged in too
+    merged = (await a.peek_budgets("v", [charge])).levels[0]
+    clock.now = LATER[charge.kind]
+    whole = (await a.charge_budgets("v", [charge], 0.0)).levels[0]
+    return before, after, merged, whole
 
 
+@pytest.mark.parametrize("backend", REDIS_LIKE, indirect=True)
 @pytest.mark.parametrize("charge", KINDS, ids=lambda c: c.kind)
-async def test_a_redis_that_lost_its_data_is_given_back_what_the_processes_saw(redis_server, charge, monkeypatch):
+async def test_a_redis_that_lost_its_data_is_given_back_what_the_processes_saw(backend, charge, monkeypatch):
     monkeypatch.setattr("gateway.storage.redis.FULL_VIEW", 0.0)  # every reply has every count
-    before, after, merged, whole = await _restored(redis_server, charge)
+    before, after, merged, whole = await _restored(backend, charge)
     assert after == merged == before
     assert whole.remaining == 9  # and what was put back passes when it would have
 
 
+@pytest.mark.parametrize("backend", REDIS_LIKE, indirect=True)
 @pytest.mark.parametrize("charge", KINDS, ids=lambda c: c.kind)
 async def test_what_a_process_did_not_see_of_a_budget_is_put_back_as_late_as_it_could_be(
-    redis_server, charge, monkeypatch
+    backend, charge, monkeypatch
 ):
     monkeypatch.setattr("gateway.storage.redis.FULL_VIEW", 1e9)  # only the first reply has every count
-    before, after, merged, whole = await _restored(redis_server, charge)
+    before, after, merged, whole = await _restored(backend, charge)
     assert after.remaining <= before.remaining and merged.remaining <= before.remaining  # never fewer counted
     assert whole.remaining == 9
 
 
-async def test_a_process_new_to_a_redis_takes_its_budgets_as_they_are(redis_server, caplog):
+@pytest.mark.parametrize("backend", REDIS_LIKE, indirect=True)
+async def test_a_process_new_to_a_redis_takes_its_budgets_as_they_are(backend, caplog):
     quota = KINDS[1]
-    a, b = RedisStorage(redis_server.url), RedisStorage(redis_server.url)
-    try:
-        for _ in range(3):
-            await a.budget_call("v", "charge", [quota], now=T0, arg=0.0)
-        caplog.set_level(logging.WARNING, logger="gateway.storage")
-        assert (await b.budget_call("v", "peek", [quota], now=T0 + 1)).levels[0].remaining == 7
-        assert caplog.records == []  # nothing was lost: nothing is put back
-    finally:
-        await a.close()
-        await b.close()
+    clock = Clock(T0)
+    a, b = backend.open(clock), backend.open(clock)
+    for _ in range(3):
+        await a.charge_budgets("v", [quota], 0.0)
+    caplog.set_level(logging.WARNING, logger="gateway.storage")
+    clock.now = T0 + 1
+    assert (await b.peek_budgets("v", [quota])).levels[0].remaining == 7
+    assert caplog.records == []  # nothing was lost: nothing is put back
 
 
 async def test_a_breaker_open_in_redis_stays_open_while_redis_is_away(gateway, vendor, redis_server):

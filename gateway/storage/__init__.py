@@ -28,4 +28,4 @@ from gateway.storage.stores import (
 def open_storage(url: str, *, data_dir: Path, cluster: bool = False, cache_max: int = 256 * 1024**2) -> Storage:
     if url == "memory":
         return MemoryStorage(data_dir, cache_max)
-    return RedisStorage(url, cluster=cluster)
+    return RedisStorage.from_url(url, cluster=cluster)

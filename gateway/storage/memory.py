@@ -111,13 +111,16 @@ class MemoryCache:
 
 
 class MemoryStorage(LocalBudgets, MemoryCache):
-    """Raises StorageError when the local store under ``data_dir`` cannot be opened."""
+    """Raises StorageError when the local store under ``data_dir`` cannot be opened.
+    ``clock`` is the time it counts with (the parity tables run a scenario's own)."""
 
     name = "memory"
 
-    def __init__(self, data_dir: Path, cache_max: int = 256 * 1024**2) -> None:
-        LocalBudgets.__init__(self)
-        MemoryCache.__init__(self, cache_max)
+    def __init__(
+        self, data_dir: Path, cache_max: int = 256 * 1024**2, clock: Callable[[], float] = time.time
+    ) -> None:
+        LocalBudgets.__init__(self, clock)
+        MemoryCache.__init__(self, cache_max, clock)
         self.health = StorageHealth("memory")
         self._local = LocalStore(data_dir)
         self._tokens: dict[str, bytes] = {}
@@ -129,7 +132,9 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         self._kept_breakers: Section[CircuitBreaker] = Section("breaker", self._export_breaker, self._restore_breaker)
         self._auth_stops: dict[str, AuthStopState] = {}
         self._kept_auth_stops: Section[None] = Section("auth_stop", self._export_auth_stop, self._restore_auth_stop)
-        self._keeper = StateKeeper(self._local, [self._kept_budgets, self._kept_breakers, self._kept_auth_stops])
+        self._keeper = StateKeeper(
+            self._local, [self._kept_budgets, self._kept_breakers, self._kept_auth_stops], clock=clock
+        )
         self._keeper.load()
 
     def _export_budget(self, key: str, charge: Charge) -> tuple[object, float]:
@@ -207,13 +212,13 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         return True
 
     async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int:
-        return self._breakers.setdefault(vendor, BreakerState()).state(time.time())
+        return self._breakers.setdefault(vendor, BreakerState()).state(self._clock())
 
     async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission:
-        return self._breakers.setdefault(vendor, BreakerState()).admit(config, time.time())
+        return self._breakers.setdefault(vendor, BreakerState()).admit(config, self._clock())
 
     async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
-        state = self._breakers.setdefault(vendor, BreakerState()).record(config, time.time(), failure, probe)
+        state = self._breakers.setdefault(vendor, BreakerState()).record(config, self._clock(), failure, probe)
         self._keeper.changed(self._kept_breakers, vendor, config)
         return state
 
@@ -221,18 +226,18 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         return self._auth_stops.setdefault(vendor, AuthStopState())
 
     async def auth_stop_peek(self, vendor: str) -> Standing:
-        return self._auth_stop(vendor).peek(time.time())
+        return self._auth_stop(vendor).peek(self._clock())
 
     async def auth_stop_admit(self, vendor: str) -> AuthAdmission:
-        return self._auth_stop(vendor).admit(time.time())
+        return self._auth_stop(vendor).admit(self._clock())
 
     async def auth_stop_record(self, vendor: str, config: AuthFailures, refused: bool, probe: bool) -> int:
-        state = self._auth_stop(vendor).record(config, time.time(), refused, probe)
+        state = self._auth_stop(vendor).record(config, self._clock(), refused, probe)
         self._keeper.changed(self._kept_auth_stops, vendor, None)
         return state
 
     async def auth_stop_unanswered(self, vendor: str, probe: bool) -> int:
-        state = self._auth_stop(vendor).unanswered(time.time(), probe)
+        state = self._auth_stop(vendor).unanswered(self._clock(), probe)
         self._keeper.changed(self._kept_auth_stops, vendor, None)
         return state
 
@@ -247,11 +252,11 @@ class MemoryStorage(LocalBudgets, MemoryCache):
         return await self._local.update_entry(entry.id, entry.to_json())
 
     async def claim_dead_letter(self, entry_id: str, seconds: float) -> bool:
-        now = time.time()
+        now = self._clock()
         return await self._local.claim_entry(entry_id, now, now + seconds)
 
     async def claim_notice(self, name: str, seconds: float) -> bool:
-        now = time.time()
+        now = self._clock()
         if self._notices.get(name, 0.0) > now:
             return False
         self._notices = {n: until for n, until in self._notices.items() if until > now}

@@ -90,21 +90,18 @@ class _View:
 
 
 class RedisStorage:
+    """Every store on one Redis client: a plain client, or a RedisCluster when ``cluster``
+    (a lookup's reads then go as a pipeline, their keys being in different slots).
+
+    ``clock``, when given, is the time the scripts count with instead of Redis's own
+    (``TIME``): the parity tables run the same scenario on every backend with it."""
+
     name = "redis"
 
-    def __init__(self, url: str, *, cluster: bool = False) -> None:
-        options: dict[str, Any] = {
-            "socket_timeout": TIMEOUT,
-            "socket_connect_timeout": TIMEOUT,
-            # After Redis restarts, every pooled connection is dead and fails its next
-            # command: one immediate retry on a fresh connection hides that. A timeout
-            # is not retried: a hung Redis must cost one timeout, not two.
-            "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
-        }
+    def __init__(self, client: Any, *, cluster: bool = False, clock: Callable[[], float] | None = None) -> None:
         self._cluster = cluster
-        self.client: Any = (
-            RedisCluster.from_url(url, **options) if cluster else aioredis.from_url(url, **options)
-        )
+        self._clock = clock
+        self.client: Any = client
         self._lock = self.client.register_script(_script("lock.lua"))
         self._unlock = self.client.register_script(_script("unlock.lua"))
         self._put_if_unchanged = self.client.register_script(_script("put_if_unchanged.lua"))
@@ -118,6 +115,23 @@ class RedisStorage:
         self._views: dict[str, dict[str, _View]] = {}  # per vendor, per budget key
         self._restoring: dict[str, asyncio.Lock] = {}
         self._full_view_at: dict[str, float] = {}  # per vendor (monotonic): when to ask for every count
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False, clock: Callable[[], float] | None = None) -> RedisStorage:
+        options: dict[str, Any] = {
+            "socket_timeout": TIMEOUT,
+            "socket_connect_timeout": TIMEOUT,
+            # After Redis restarts, every pooled connection is dead and fails its next
+            # command: one immediate retry on a fresh connection hides that. A timeout
+            # is not retried: a hung Redis must cost one timeout, not two.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
+        }
+        client = RedisCluster.from_url(url, **options) if cluster else aioredis.from_url(url, **options)
+        return cls(client, cluster=cluster, clock=clock)
+
+    def _now(self) -> str:
+        """The time a script counts with: "" for Redis's own clock."""
+        return "" if self._clock is None else repr(self._clock())
 
     async def _call(self, what: str, operation: Any) -> Any:
         try:
@@ -151,20 +165,19 @@ class RedisStorage:
         return bool(await self._call("write", self._put_if_unchanged(keys=[key(vendor, "token")], args=args)))
 
     async def breaker_state(self, vendor: str, config: CircuitBreaker) -> int:
-        return (await self.breaker_call(vendor, config, "peek")).state
+        return (await self._breaker_call(vendor, config, "peek")).state
 
     async def breaker_admit(self, vendor: str, config: CircuitBreaker) -> Admission:
-        return await self.breaker_call(vendor, config, "admit")
+        return await self._breaker_call(vendor, config, "admit")
 
     async def breaker_record(self, vendor: str, config: CircuitBreaker, failure: bool, probe: bool) -> int:
-        return (await self.breaker_call(vendor, config, "record", failure=failure, probe=probe)).state
+        return (await self._breaker_call(vendor, config, "record", failure=failure, probe=probe)).state
 
-    async def breaker_call(
-        self, vendor: str, config: CircuitBreaker, op: str, *, failure: bool = False, probe: bool = False,
-        now: float | None = None,
+    async def _breaker_call(
+        self, vendor: str, config: CircuitBreaker, op: str, *, failure: bool = False, probe: bool = False
     ) -> Admission:
-        """One breaker step; ``now`` only for tests (Redis's own clock otherwise)."""
-        args: list[str | float] = [op, "" if now is None else repr(now), config.window, config.min_calls, config.failure_ratio,
+        """One breaker step (breaker.lua)."""
+        args: list[str | float] = [op, self._now(), config.window, config.min_calls, config.failure_ratio,
                 config.open_for, int(failure), int(probe)]
         allowed, is_probe, retry_after, state = await self._guarded(
             "breaker", lambda: self._breaker(keys=[key(vendor, "breaker")], args=args)
@@ -172,64 +185,64 @@ class RedisStorage:
         return Admission(bool(allowed), bool(is_probe), float(retry_after), int(state))
 
     async def auth_stop_peek(self, vendor: str) -> Standing:
-        state, probing, retry_after = await self.auth_stop_call(vendor, "peek")
+        state, probing, retry_after = await self._auth_stop_call(vendor, "peek")
         return Standing(int(state), bool(probing), float(retry_after))
 
     async def auth_stop_admit(self, vendor: str) -> AuthAdmission:
-        allowed, probe, retry_after, state = await self.auth_stop_call(vendor, "admit")
+        allowed, probe, retry_after, state = await self._auth_stop_call(vendor, "admit")
         return AuthAdmission(bool(allowed), bool(probe), float(retry_after), int(state))
 
     async def auth_stop_record(self, vendor: str, config: AuthFailures, refused: bool, probe: bool) -> int:
-        reply = await self.auth_stop_call(vendor, "record", config, refused=refused, probe=probe)
+        reply = await self._auth_stop_call(vendor, "record", config, refused=refused, probe=probe)
         return int(reply[3])
 
     async def auth_stop_unanswered(self, vendor: str, probe: bool) -> int:
-        return int((await self.auth_stop_call(vendor, "unanswered", probe=probe))[3])
+        return int((await self._auth_stop_call(vendor, "unanswered", probe=probe))[3])
 
     async def auth_stop_clear(self, vendor: str) -> None:
-        await self.auth_stop_call(vendor, "credentials_changed")
+        await self._auth_stop_call(vendor, "credentials_changed")
 
-    async def auth_stop_call(
+    async def _auth_stop_call(
         self, vendor: str, op: str, config: AuthFailures = AuthFailures(), *, refused: bool = False,
-        probe: bool = False, now: float | None = None,
+        probe: bool = False,
     ) -> Any:
-        """One step of the vendor's auth stop (auth_stop.lua); ``now`` only for tests."""
-        args: list[str | float] = [op, "" if now is None else repr(now), config.after, config.probe_every,
+        """One step of the vendor's auth stop (auth_stop.lua)."""
+        args: list[str | float] = [op, self._now(), config.after, config.probe_every,
                                    int(refused), int(probe)]
         return await self._guarded(
             "auth stop", lambda: self._auth_stop(keys=[key(vendor, "auth_stop")], args=args)
         )
 
     async def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Verdict:
-        return await self.budget_call(vendor, "charge", charges, arg=max_wait)
+        return await self._budget_call(vendor, "charge", charges, arg=max_wait)
 
     async def refund_budgets(self, vendor: str, charges: Sequence[Charge], at: float) -> None:
-        await self.budget_call(vendor, "refund", charges, arg=at)
+        await self._budget_call(vendor, "refund", charges, arg=at)
 
     async def adjust_budgets(self, vendor: str, charges: Sequence[Charge], said: Sequence[Adjustment]) -> Verdict:
-        return await self.budget_call(vendor, "adjust", charges, said=said)
+        return await self._budget_call(vendor, "adjust", charges, said=said)
 
     async def peek_budgets(self, vendor: str, charges: Sequence[Charge]) -> Verdict:
-        return await self.budget_call(vendor, "peek", charges)
+        return await self._budget_call(vendor, "peek", charges)
 
-    async def budget_call(
+    async def _budget_call(
         self, vendor: str, op: str, charges: Sequence[Charge], *, arg: float = 0.0,
-        said: Sequence[Adjustment] = (), now: float | None = None,
+        said: Sequence[Adjustment] = (),
     ) -> Verdict:
         """One budget step in one round trip (two more, once, after Redis lost the vendor's
-        budgets); ``now`` only for tests (Redis's own clock otherwise)."""
+        budgets)."""
         fields = [[*_adjustment_fields(said[i] if said else Adjustment()), ""] for i in range(len(charges))]
         for _ in range(3):
             known = self._epochs.get(vendor, "")
-            reply, every = await self._budget_script(vendor, op, charges, fields, arg, now)
+            reply, every = await self._budget_script(vendor, op, charges, fields, arg)
             if reply[0] != b"epoch":
                 return self._verdict(vendor, charges, reply, every)
             async with self._restoring.setdefault(vendor, asyncio.Lock()):
                 if self._epochs.get(vendor, "") == known:  # else a concurrent call did it meanwhile
-                    await self._restore(vendor, bytes(reply[1]).decode(), now)
+                    await self._restore(vendor, bytes(reply[1]).decode())
         raise StorageError("redis budget failed: the vendor's budgets vanished again as they were put back")
 
-    async def _restore(self, vendor: str, held: str, now: float | None) -> None:
+    async def _restore(self, vendor: str, held: str) -> None:
         """Redis holds another epoch of the vendor's budgets than ours (``held``), or none:
         put back what this process last saw of them (nothing, if it saw nothing)."""
         views = list(self._views.get(vendor, {}).values())
@@ -243,18 +256,18 @@ class RedisStorage:
             )
         charges = [view.charge for view in views]
         fields = [["", "", "", "", view.field()] for view in views]
-        reply, every = await self._budget_script(vendor, "restore", charges, fields, 0.0, now, secrets.token_hex(8))
+        reply, every = await self._budget_script(vendor, "restore", charges, fields, 0.0, secrets.token_hex(8))
         self._verdict(vendor, charges, reply, every)
 
     async def _budget_script(
         self, vendor: str, op: str, charges: Sequence[Charge], fields: Sequence[list[str]], arg: float,
-        now: float | None, new_epoch: str = "",
+        new_epoch: str = "",
     ) -> tuple[Any, bool]:
         every = op == "restore" or time.monotonic() >= self._full_view_at.get(vendor, 0.0)
         if every:  # one call a second asks, not every call until one has the answer
             self._full_view_at[vendor] = time.monotonic() + FULL_VIEW
         args: list[str | int] = [
-            op, "" if now is None else repr(now), repr(arg), self._epochs.get(vendor, ""), new_epoch, int(every)
+            op, self._now(), repr(arg), self._epochs.get(vendor, ""), new_epoch, int(every)
         ]
         for c, extra in zip(charges, fields):
             args += [c.kind, repr(c.limit), repr(c.per), c.cost, repr(c.held), int(c.shadow), *map(repr, c.window),

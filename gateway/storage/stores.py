@@ -5,6 +5,10 @@ all, as ``Storage``, and turns its own failures (redis, sqlite3, OSError) into
 StorageError. Budgets, breakers and auth stops, which have an in-process fallback, read the backend's
 ``health``: it alone decides when storage counts as failing and when as answering again.
 A queue store (async delivery, webhook ingress) will be one more protocol here.
+
+tests/test_stores.py holds one contract test table for these stores, run on every backend
+of tests/backends.py (memory, fakeredis, redis-server, Redis Cluster); the breaker, auth
+stop and budget scenarios of tests/core run on the same table.
 """
 
 from __future__ import annotations

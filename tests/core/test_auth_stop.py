@@ -1,11 +1,12 @@
-"""The auth stop's state machine, and the Redis script that must give the same answers."""
-
-from importlib.resources import files
+"""The auth stop's state machine: one scenario that every storage backend (tests/backends.py),
+the Python twin and the Redis script alike, must answer the same way."""
 
 import pytest
 
 from gateway.config.vendor_signals import AuthFailures
 from gateway.core.auth_stop import COUNTING, OK, REJECTED, AuthStopState, Standing
+from gateway.storage.redis import RedisStorage, key
+from tests.backends import Clock
 
 CONFIG = AuthFailures(statuses=frozenset({401}), after=3, probe_every=30.0)
 
@@ -54,28 +55,33 @@ def expected():
     return [e for *_, e in SCENARIO]
 
 
-def run_pure():
-    state = AuthStopState()
+async def run(storage, clock):
     results = []
     for now, op, refused, probe, _ in SCENARIO:
+        clock.now = now
         if op == "admit":
-            a = state.admit(now)
+            a = await storage.auth_stop_admit("v")
             results.append((a.allowed, a.probe, round(a.retry_after, 6), a.state))
         elif op == "peek":
-            s = state.peek(now)
+            s = await storage.auth_stop_peek("v")
             results.append((s.state, s.probing, round(s.retry_after, 6)))
         elif op == "record":
-            results.append(state.record(CONFIG, now, refused, probe))
+            results.append(await storage.auth_stop_record("v", CONFIG, refused, probe))
         elif op == "unanswered":
-            results.append(state.unanswered(now, probe))
+            results.append(await storage.auth_stop_unanswered("v", probe))
         else:
-            state.credentials_changed()
-            results.append(state.state())
+            await storage.auth_stop_clear("v")
+            results.append((await storage.auth_stop_peek("v")).state)
     return results
 
 
-def test_refusals_stop_the_calls_and_probes_space_out_until_one_goes_through():
-    assert run_pure() == expected()
+async def test_refusals_stop_the_calls_and_probes_space_out_until_one_goes_through(backend):
+    """The same answers from the Python twin (memory) and the script (every Redis)."""
+    clock = Clock()
+    storage = backend.open(clock)
+    assert await run(storage, clock) == expected()
+    if isinstance(storage, RedisStorage):
+        assert await storage.client.exists(key("v", "auth_stop")) == 0  # ok: nothing kept
 
 
 def test_a_probe_whose_answer_never_comes_frees_its_place_after_the_interval():
@@ -127,25 +133,3 @@ def test_the_state_survives_a_restart_but_a_probe_out_does_not():
 def test_a_damaged_record_is_refused(record):
     with pytest.raises(ValueError):
         AuthStopState.from_record(record)
-
-
-async def test_the_redis_script_gives_the_same_answers(redis_server):
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(redis_server.url)
-    script = client.register_script(files("gateway.storage").joinpath("lua", "auth_stop.lua").read_text())
-    results = []
-    try:
-        for now, op, refused, probe, _ in SCENARIO:
-            args = [op, now, CONFIG.after, CONFIG.probe_every, int(bool(refused)), int(bool(probe))]
-            answer = await script(keys=["{v}:auth_stop"], args=args)
-            if op == "admit":
-                results.append((bool(answer[0]), bool(answer[1]), round(float(answer[2]), 6), answer[3]))
-            elif op == "peek":
-                results.append((answer[0], bool(answer[1]), round(float(answer[2]), 6)))
-            else:
-                results.append(answer[3])
-        assert await client.exists("{v}:auth_stop") == 0  # ok: nothing kept
-    finally:
-        await client.aclose()
-    assert results == expected()

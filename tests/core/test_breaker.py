@@ -1,9 +1,9 @@
-"""The breaker's state machine, and the Redis script that must give the same answers."""
-
-import pytest
+"""The breaker's state machine: one scenario that every storage backend (tests/backends.py),
+the Python twin and the Redis script alike, must answer the same way."""
 
 from gateway.config.model import CircuitBreaker
 from gateway.core.breaker import CLOSED, HALF_OPEN, OPEN, BreakerState
+from tests.backends import Clock
 
 CONFIG = CircuitBreaker(failure_ratio=0.5, window=10.0, min_calls=4, open_for=5.0)
 
@@ -31,15 +31,15 @@ SCENARIO = [
 ]
 
 
-def run_pure():
-    state = BreakerState()
+async def run(storage, clock):
     results = []
     for now, op, failure, probe, _ in SCENARIO:
+        clock.now = now
         if op == "admit":
-            a = state.admit(CONFIG, now)
+            a = await storage.breaker_admit("v", CONFIG)
             results.append((a.allowed, a.probe, round(a.retry_after, 6), a.state))
         else:
-            results.append(state.record(CONFIG, now, failure, probe))
+            results.append(await storage.breaker_record("v", CONFIG, failure, probe))
     return results
 
 
@@ -47,8 +47,10 @@ def expected():
     return [e for *_, e in SCENARIO]
 
 
-def test_the_state_machine_opens_probes_once_and_closes():
-    assert run_pure() == expected()
+async def test_every_backend_opens_probes_once_and_closes(backend):
+    """The same answers from the Python twin (memory) and the script (every Redis)."""
+    clock = Clock()
+    assert await run(backend.open(clock), clock) == expected()
 
 
 def test_a_probe_that_never_answers_frees_its_place_after_open_for():
@@ -58,17 +60,3 @@ def test_a_probe_that_never_answers_frees_its_place_after_open_for():
     assert state.admit(CONFIG, 106).probe
     assert not state.admit(CONFIG, 110).allowed
     assert state.admit(CONFIG, 111).probe
-
-
-async def test_the_redis_script_gives_the_same_answers(redis_server):
-    from gateway.storage.redis import RedisStorage
-
-    storage = RedisStorage(redis_server.url)
-    results = []
-    try:
-        for now, op, failure, probe, _ in SCENARIO:
-            a = await storage.breaker_call("v", CONFIG, op, failure=bool(failure), probe=bool(probe), now=now)
-            results.append((a.allowed, a.probe, round(a.retry_after, 6), a.state) if op == "admit" else a.state)
-    finally:
-        await storage.close()
-    assert results == expected()

@@ -1,4 +1,5 @@
-"""Budget arithmetic with a manual clock, and the Redis script that must give the same answers."""
+"""Budget arithmetic with a manual clock: one scenario that every storage backend
+(tests/backends.py), the Python twin and the Redis script alike, must answer the same way."""
 
 import random
 from datetime import datetime
@@ -16,6 +17,7 @@ from gateway.core.budget import (
     Level,
     fixed_window,
 )
+from tests.backends import REDIS_LIKE, Clock
 
 T0 = 1_800_000_000.0
 BURST = Charge("burst", BUCKET, limit=10, per=10.0, cost=1)  # 1 token a second
@@ -101,25 +103,19 @@ def _shape(verdict, op):
     return (verdict.admitted, round(verdict.wait, 6), verdict.blocking, levels)
 
 
-def _args(op, charges, argument):
-    if op == "adjust":
-        return {"said": [argument] * len(charges)}
-    return {"arg": T0 + argument if op == "refund" else argument}
-
-
-def run_pure():
-    book = BudgetBook()
+async def run(storage, clock):
     results = []
     for t, op, charges, argument, _ in SCENARIO:
-        now = T0 + t
+        clock.now = T0 + t
         if op == "charge":
-            verdict = book.charge("v", charges, now, argument)
+            verdict = await storage.charge_budgets("v", charges, argument)
         elif op == "refund":
-            verdict = book.refund("v", charges, now, T0 + argument)
+            await storage.refund_budgets("v", charges, T0 + argument)
+            verdict = await storage.peek_budgets("v", charges)
         elif op == "adjust":
-            verdict = book.adjust("v", charges, now, [argument] * len(charges))
+            verdict = await storage.adjust_budgets("v", charges, [argument] * len(charges))
         else:
-            verdict = book.peek("v", charges, now)
+            verdict = await storage.peek_budgets("v", charges)
         results.append(_shape(verdict, op))
     return results
 
@@ -128,38 +124,22 @@ def expected():
     return [e if isinstance(e, list) else (e[0], e[1], e[2], e[3]) for *_, e in SCENARIO]
 
 
-def test_the_arithmetic_admits_waits_refunds_pauses_and_follows():
-    assert run_pure() == expected()
+async def test_every_backend_admits_waits_refunds_pauses_and_follows(backend):
+    """The same answers from the Python twin (memory) and the script (every Redis)."""
+    clock = Clock()
+    assert await run(backend.open(clock), clock) == expected()
 
 
-async def test_the_redis_script_gives_the_same_answers(redis_server):
-    from gateway.storage.redis import RedisStorage
-
-    storage = RedisStorage(redis_server.url)
-    results = []
-    try:
-        for t, op, charges, argument, _ in SCENARIO:
-            verdict = await storage.budget_call("v", op, charges, now=T0 + t, **_args(op, charges, argument))
-            results.append(_shape(verdict, op))
-    finally:
-        await storage.close()
-    assert results == expected()
-
-
-async def test_redis_keeps_a_quota_while_its_counts_still_count(redis_server):
-    from gateway.storage.redis import RedisStorage
-
-    storage = RedisStorage(redis_server.url)
+@pytest.mark.parametrize("backend", REDIS_LIKE, indirect=True)
+async def test_redis_keeps_a_quota_while_its_counts_still_count(backend):
+    storage = backend.open(Clock(T0))
     quota = Charge("q", ROLLING, limit=5, per=100.0, cost=1)
-    try:
-        for _ in range(5):
-            await storage.budget_call("v", "charge", [quota], now=T0, arg=0.0)
-        booked = await storage.budget_call("v", "charge", [quota], now=T0, arg=300.0)
-        assert booked.admitted and round(booked.wait) == 102  # 100 s, its slot and one more
-        # The booking counts until about 102 + 102 s: the key must outlive that.
-        assert await storage.client.pttl("gateway:{v}:budget:q") > 204_000
-    finally:
-        await storage.close()
+    for _ in range(5):
+        await storage.charge_budgets("v", [quota], 0.0)
+    booked = await storage.charge_budgets("v", [quota], 300.0)
+    assert booked.admitted and round(booked.wait) == 102  # 100 s, its slot and one more
+    # The booking counts until about 102 + 102 s: the key must outlive that.
+    assert await storage.client.pttl("gateway:{v}:budget:q") > 204_000
 
 
 def _sends(charge, arrivals, max_wait):
