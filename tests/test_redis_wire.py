@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 from gateway.core.budget import BUCKET, Charge
 from gateway.errors import StorageError
 from gateway.storage.redis import RedisStorage
-from gateway.storage.redis_wire import ScriptWire, parse, script_sha
+from gateway.storage.redis_wire import PACKED_MAX, ScriptWire, pack, parse, script_sha
 from tests.conftest import RedisServer
 
 ECHO = "return {tonumber(ARGV[1]), ARGV[2], KEYS[1], false, {1, 'two'}}"
@@ -136,9 +136,13 @@ def test_a_cluster_or_tls_keeps_redis_py():
     assert not ScriptWire.serves("unix:///tmp/redis.sock", cluster=False)
 
 
-def test_replies_cut_anywhere_wait_for_the_rest():
-    whole = b"*3\r\n:7\r\n$5\r\na\r\nbc\r\n*1\r\n$-1\r\n"
+def test_replies_cut_anywhere_wait_for_the_rest_and_commands_packed():
+    whole = b"*4\r\n:7\r\n$5\r\na\r\nbc\r\n$-1\r\n*2\r\n$-1\r\n:-2\r\n"
     for cut in range(len(whole)):
         got = parse(whole[:cut], 0)
         assert not isinstance(got, tuple), cut
-    assert parse(whole, 0) == ([7, b"a\r\nbc", [None]], len(whole))
+    assert parse(whole, 0) == ([7, b"a\r\nbc", None, [None, -2]], len(whole))
+    assert pack("SET", "k", "é", b"\xff", 1.5) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\xc3\xa9\r\n$1\r\n\xff\r\n$3\r\n1.5\r\n"
+    assert pack("GET", 7) == b"*2\r\n$3\r\nGET\r\n$1\r\n7\r\n"
+    for n in range(PACKED_MAX + 10):  # the texts packed before are forgotten once too many
+        assert pack("GET", str(n)) == b"*2\r\n$3\r\nGET\r\n$%d\r\n%d\r\n" % (len(str(n)), n)

@@ -48,6 +48,7 @@ TIMEOUT = 0.25
 # How often a budget call asks for every count of its budgets (else only those it changed):
 # what a process would put back after a restart is then at most this old.
 FULL_VIEW = 1.0
+NOTHING_SAID = ["", "", "", "", ""]  # a budget call's adjustment and restore fields, for no adjustment
 LEVEL_FIELDS = 8  # per key in a budget reply: remaining, reset, paused_for, exceeded, tat, paused, used, counts
 
 
@@ -228,7 +229,7 @@ class RedisStorage:
     ) -> Verdict:
         """One budget step in one round trip (two more, once, after Redis lost the vendor's
         budgets); ``now`` only for tests (Redis's own clock otherwise)."""
-        fields = [[*_adjustment_fields(said[i] if said else Adjustment()), ""] for i in range(len(charges))]
+        fields = [[*_adjustment_fields(a), ""] for a in said] if said else [NOTHING_SAID] * len(charges)
         for _ in range(3):
             known = self._epochs.get(vendor, "")
             reply, every = await self._budget_script(vendor, op, charges, fields, arg, now)

@@ -3,8 +3,8 @@
 Every request calls a script (its budgets' charge), and redis-py's asyncio client spends
 more on each call than the rest of the Redis side together: a pool acquire and release,
 its command packing, parser and events. Here the calls of every request share one
-connection: each call's command is written at once (Redis reads them in order, so
-concurrent calls are pipelined), and the replies, which come back in that order, are
+connection: the commands of one loop turn are written together at its end (one write,
+and Redis reads them in order: concurrent calls are pipelined), and the replies, which come back in that order, are
 handed first in, first out to the callers waiting for them.
 
 The failures are redis-py's exceptions, as from its client: ConnectionError when the
@@ -29,8 +29,34 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 Arg = str | int | float | bytes
 
 
+# The bulk strings of the texts sent lately: most parts of a script call repeat (its
+# hash, keys, a budget's limit and span), and are packed once. Emptied when full.
+_PACKED: dict[str, str] = {}
+PACKED_MAX = 4096
+
+
 def pack(*parts: Arg) -> bytes:
     """A command in Redis's protocol (RESP), each part a bulk string."""
+    texts = []
+    for part in parts:  # most often all text in ASCII: sized and encoded at once
+        if type(part) is str:
+            packed = _PACKED.get(part)
+            if packed is None:
+                if not part.isascii():
+                    return _pack_bytes(parts)
+                if len(_PACKED) >= PACKED_MAX:
+                    _PACKED.clear()
+                packed = _PACKED[part] = f"${len(part)}\r\n{part}\r\n"
+        elif type(part) is bytes:
+            return _pack_bytes(parts)
+        else:
+            text = str(part)
+            packed = f"${len(text)}\r\n{text}\r\n"
+        texts.append(packed)
+    return f"*{len(parts)}\r\n{''.join(texts)}".encode()
+
+
+def _pack_bytes(parts: Sequence[Arg]) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
         raw = part if isinstance(part, bytes) else str(part).encode()
@@ -46,7 +72,44 @@ INCOMPLETE = _Incomplete()
 
 
 def parse(buf: bytes, pos: int) -> tuple[Any, int] | _Incomplete:
-    """The reply that starts at ``pos`` in ``buf`` and where the next one starts."""
+    """The reply that starts at ``pos`` in ``buf`` and where the next one starts. The
+    strings and integers of an array (a script's reply) are read in place: the same as
+    ``_parse_one`` does, without a call per item."""
+    if pos >= len(buf):
+        return INCOMPLETE
+    if buf[pos] != 42:  # not an array
+        return _parse_one(buf, pos)
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        return INCOMPLETE
+    count, pos, size = int(buf[pos + 1 : end]), end + 2, len(buf)
+    if count < 0:
+        return None, pos
+    items: list[Any] = []
+    for _ in range(count):
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return INCOMPLETE
+        kind = buf[pos]
+        if kind == 36 and buf[pos + 1] != 45:  # $ a bulk string, not nil ($-1)
+            start = end + 2
+            pos = start + int(buf[pos + 1 : end]) + 2
+            if pos > size:
+                return INCOMPLETE
+            items.append(buf[start : pos - 2])
+        elif kind == 58:  # : integer
+            items.append(int(buf[pos + 1 : end]))
+            pos = end + 2
+        else:
+            item = parse(buf, pos)
+            if isinstance(item, _Incomplete):
+                return INCOMPLETE
+            items.append(item[0])
+            pos = item[1]
+    return items, pos
+
+
+def _parse_one(buf: bytes, pos: int) -> tuple[Any, int] | _Incomplete:
     end = buf.find(b"\r\n", pos)
     if end < 0:
         return INCOMPLETE
@@ -58,18 +121,6 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int] | _Incomplete:
         if len(buf) < pos + size + 2:
             return INCOMPLETE
         return buf[pos : pos + size], pos + size + 2
-    if kind == 42:  # * array
-        count = int(line)
-        if count < 0:
-            return None, pos
-        items = []
-        for _ in range(count):
-            item = parse(buf, pos)
-            if isinstance(item, _Incomplete):
-                return INCOMPLETE
-            items.append(item[0])
-            pos = item[1]
-        return items, pos
     if kind == 58:  # : integer
         return int(line), pos
     if kind == 43:  # + simple string
@@ -89,6 +140,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._buffer = b""
+        self._out: list[bytes] = []  # commands of this loop turn, written together at its end
         self._watch: asyncio.TimerHandle | None = None
         self.gone: Exception | None = None  # why it cannot be used any more
 
@@ -101,10 +153,17 @@ class _Connection(asyncio.Protocol):
         future = self._loop.create_future()
         deadline = self._loop.time() + self._timeout
         self._waiting.append((future, deadline))
-        self._transport.write(command)
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(command)
         if self._watch is None:
             self._watch = self._loop.call_at(deadline, self._check)
         return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.gone is None and self._transport is not None:
+            self._transport.write(b"".join(out))
 
     def _check(self) -> None:
         """The oldest call's deadline passed: it times out (and every later one with it,
