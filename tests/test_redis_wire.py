@@ -146,3 +146,16 @@ def test_replies_cut_anywhere_wait_for_the_rest_and_commands_packed():
     assert pack("GET", 7) == b"*2\r\n$3\r\nGET\r\n$1\r\n7\r\n"
     for n in range(PACKED_MAX + 10):  # the texts packed before are forgotten once too many
         assert pack("GET", str(n)) == b"*2\r\n$3\r\nGET\r\n$%d\r\n%d\r\n" % (len(str(n)), n)
+
+
+def test_a_wire_used_from_one_event_loop_then_another(redis_server):
+    wire = ScriptWire(redis_server.url, TIMEOUT)
+    assert asyncio.run(echo(wire, 1))[0] == 1
+
+    async def again():
+        try:
+            return await echo(wire, 2)
+        finally:
+            wire.close()
+
+    assert asyncio.run(again())[0] == 2  # a new connection, on the new loop

@@ -268,9 +268,7 @@ class ScriptWire:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or another loop than before (each asyncio.run)
             self._loop, self._connecting = loop, asyncio.Lock()
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            self._connection = None  # the old loop's, closed with it
         async with self._connecting:  # concurrent callers wait for the one connection
             if self._connection is not None and self._connection.gone is None:
                 return self._connection
