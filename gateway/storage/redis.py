@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -132,9 +132,13 @@ class RedisStorage:
 
     async def _guarded(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
         """A call that has a fallback: through ``health``, so that while Redis fails it
-        fails at once, without a round trip (but for the probe)."""
+        fails at once, without a round trip (but for the probe). (``_call``'s work, inline:
+        one coroutine less on every request's way.)"""
         with self.health.attempt():
-            return await self._call(what, operation())
+            try:
+                return await operation()
+            except (RedisError, OSError) as exc:
+                raise StorageError(f"redis {what} failed: {type(exc).__name__}") from None
 
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Arg]) -> Awaitable[Any]:
         """A Lua script's call, EVALSHA (EVAL if Redis does not know the script)."""
@@ -211,8 +215,8 @@ class RedisStorage:
             "auth stop", lambda: self._run(self._auth_stop, [key(vendor, "auth_stop")], args)
         )
 
-    async def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Verdict:
-        return await self.budget_call(vendor, "charge", charges, arg=max_wait)
+    def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Coroutine[Any, Any, Verdict]:
+        return self.budget_call(vendor, "charge", charges, arg=max_wait)  # one coroutine less per request
 
     async def refund_budgets(self, vendor: str, charges: Sequence[Charge], at: float) -> None:
         await self.budget_call(vendor, "refund", charges, arg=at)
