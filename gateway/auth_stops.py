@@ -6,6 +6,11 @@ final answer (for OAuth2/JWT the one after the refresh-and-retry), ``unanswered`
 attempt with no answer. While storage fails (its ``health`` decides, as for budgets and
 breakers) each process decides with a stop of its own, started from what storage last
 showed, and dropped once storage answers again.
+
+While storage shows a vendor's credential taken with nothing counted (the common case),
+``admit`` answers from what it last showed for up to ``HELD`` seconds without a round
+trip: a stop that another process starts reaches this one within that time, and any
+refusal or stop this process sees itself ends the holding at once.
 """
 
 from __future__ import annotations
@@ -24,13 +29,22 @@ log = logging.getLogger("gateway.auth")
 
 # gateway_credential_state's values (examples/prometheus/alerts.yaml reads them).
 OK_GAUGE, FAILING_GAUGE, REJECTED_GAUGE = 0, 1, 2
+# How long storage's "taken, nothing counted" is held before it is asked again.
+HELD = 1.0
+ADMITTED = Admission(True)
 
 
 class AuthStops:
-    def __init__(self, storage: AuthStopStore, metrics: Metrics, failing: Mapping[str, Callable[[], bool]]) -> None:
+    def __init__(
+        self, storage: AuthStopStore, metrics: Metrics, failing: Mapping[str, Callable[[], bool]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``failing``: per vendor, whether its token endpoint fails (always False for a
         static credential), for gateway_credential_state, created here for each."""
         self._storage = storage
+        self._clock = clock
+        self._clear_until: dict[str, float] = {}  # per vendor: admitted without asking until then
+        self._not_clear: dict[str, int] = {}  # per vendor: how often a state other than OK was seen
         self._metrics = metrics
         self._failing = failing
         self._local: dict[str, AuthStopState] = {}
@@ -45,11 +59,22 @@ class AuthStops:
         while the vendor's calls are stopped."""
         vendor = policy.vendor
         if not policy.auth_failures.statuses:
-            return Admission(True)
+            return ADMITTED
+        now = self._clock()
+        until = self._clear_until.get(vendor)
+        if until is not None:
+            if now < until:
+                return ADMITTED
+            self._clear_until[vendor] = now + HELD  # the admits while this one asks hold on too
+        seen = self._not_clear.get(vendor, 0)
         try:
             admission = await self._storage.auth_stop_admit(vendor)
         except StorageError:
+            self._clear_until.pop(vendor, None)
             admission = self._fallback(policy).admit(time.time())
+        else:
+            if admission.state == OK and self._not_clear.get(vendor, 0) == seen:  # no refusal came meanwhile
+                self._clear_until[vendor] = now + HELD
         if admission.state == REJECTED and not admission.allowed:
             self._rejected_until[vendor] = time.time() + admission.retry_after
         self._changed(vendor, admission.state)
@@ -127,6 +152,9 @@ class AuthStops:
     def _changed(self, vendor: str, state: int, status: int | None = None) -> None:
         before = self._seen.get(vendor, OK)
         self._seen[vendor] = state
+        if state != OK:
+            self._clear_until.pop(vendor, None)
+            self._not_clear[vendor] = self._not_clear.get(vendor, 0) + 1
         if state == REJECTED and before != REJECTED and status is not None:
             log.error("%s refused our credential (%d) too many times in a row: its calls are stopped, "
                       "one probe goes now and then; put a valid credential in place and reload", vendor, status)

@@ -100,3 +100,75 @@ async def test_no_statuses_never_stops(gateway, vendor, statuses):
     client = await gateway(policy(vendor, auth_failures={**STOP, "statuses": statuses}), env=ENV)
     vendor.script(*([401] * 5))
     assert [(await client.get("/v/x")).status for _ in range(5)] == [401] * 5
+
+
+async def test_a_stop_another_gateway_starts_reaches_one_that_just_let_calls_through(gateway, vendor, redis_server):
+    config = {"storage": redis_server.url}
+    stop = {**STOP, "probe_every": "10m"}
+    first = await gateway(policy(vendor, auth_failures=stop), config=config, env=ENV)
+    second = await gateway(policy(vendor, auth_failures=stop), config=config, env=ENV)
+    assert (await second.get("/v/x")).status == 200  # the key is taken: the second holds that a while
+    vendor.script(401, 401, 401)
+    assert [(await first.get("/v/x")).status for _ in range(3)] == [401, 401, 401]
+    end = time.monotonic() + 15
+    while (await second.get("/v/x")).status == 200:
+        assert time.monotonic() < end, "the stop never reached the second gateway"
+        await asyncio.sleep(0.1)
+    await _stopped(second, vendor)
+
+
+class _CountedAdmits:
+    """A store that counts the admits asked of it."""
+
+    def __init__(self, store):
+        self._store, self.asked = store, 0
+        self.health = store.health
+
+    async def auth_stop_admit(self, vendor):
+        self.asked += 1
+        return await self._store.auth_stop_admit(vendor)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+async def test_while_the_key_is_taken_storage_is_asked_once_a_second_not_per_request(settings_from, tmp_path):
+    from gateway.auth_stops import HELD, AuthStops
+    from gateway.errors import CredentialsRejected
+    from gateway.metrics import Metrics
+    from gateway.storage.memory import MemoryStorage
+
+    [config] = settings_from({"vendor": "v", "upstream": "https://v.example", "auth_failures": STOP}).policies.values()
+    now = [100.0]
+    store = _CountedAdmits(MemoryStorage(tmp_path / "state"))
+    stops = AuthStops(store, Metrics(), {"v": lambda: False}, clock=lambda: now[0])
+    for _ in range(5):
+        assert (await stops.admit(config)).allowed
+    assert store.asked == 1
+    now[0] += HELD
+    assert (await stops.admit(config)).allowed and store.asked == 2
+
+    for _ in range(3):  # another process's refusals, in the shared store
+        await store.auth_stop_record("v", config.auth_failures, True, False)
+    assert (await stops.admit(config)).allowed and store.asked == 2  # held: at most HELD old
+    now[0] += HELD
+    with pytest.raises(CredentialsRejected):
+        await stops.admit(config)
+    with pytest.raises(CredentialsRejected):
+        await stops.admit(config)
+    assert store.asked == 4  # while stopped every admit asks (the probe is shared)
+
+
+async def test_a_refusal_seen_here_ends_the_holding_at_once(settings_from, tmp_path):
+    from gateway.auth_stops import AuthStops
+    from gateway.metrics import Metrics
+    from gateway.storage.memory import MemoryStorage
+
+    [config] = settings_from({"vendor": "v", "upstream": "https://v.example", "auth_failures": STOP}).policies.values()
+    store = _CountedAdmits(MemoryStorage(tmp_path / "state"))
+    stops = AuthStops(store, Metrics(), {"v": lambda: False}, clock=lambda: 100.0)
+    admission = await stops.admit(config)
+    await stops.record(config, admission, 401)
+    assert (await stops.admit(config)).state == 1 and store.asked == 2  # counting: asked every time
+    await stops.admit(config)
+    assert store.asked == 3

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from gateway.core.budget import BUCKET, FIXED, ROLLING, Charge
 from gateway.errors import StorageError
 from gateway.storage.health import RETRY, StorageHealth
+from gateway.storage.redis import RedisStorage
 from tests.backends import REDIS_LIKE, Clock
 from tests.test_budgets import policy
 
@@ -227,3 +228,22 @@ async def test_a_breaker_open_in_redis_stays_open_while_redis_is_away(gateway, v
     assert len(vendor.received) == 2  # the vendor still failing is left alone
     status = await (await client.get("/_gateway/status")).json()
     assert status["vendors"]["v"]["circuit_breaker"] == "open"
+
+
+async def test_counts_that_stopped_counting_leave_the_budget_in_redis(redis_server):
+    now = [T0]
+    storage = RedisStorage.from_url(redis_server.url, clock=lambda: now[0])
+    admin = aioredis.from_url(redis_server.url)
+    quota = Charge("q", ROLLING, limit=10, per=10.0, cost=1)
+    try:
+        for now[0] in (T0, T0 + 0.5, T0 + 5):
+            await storage.charge_budgets("v", [quota], 0.0)
+        assert len([f for f in await admin.hkeys("gateway:{v}:budget:q") if f.startswith(b"c:")]) == 3
+        now[0] = T0 + 12
+        level = (await storage.charge_budgets("v", [quota], 0.0)).levels[0]
+        assert level.remaining == 8  # the first two no longer count...
+        fields = sorted(f for f in await admin.hkeys("gateway:{v}:budget:q") if f.startswith(b"c:"))
+        assert len(fields) == 2  # ...and are gone from Redis: T0 + 5's slot and T0 + 12's
+    finally:
+        await storage.close()
+        await admin.aclose()

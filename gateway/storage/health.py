@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 from gateway.errors import StorageError
 
@@ -36,6 +36,7 @@ class StorageHealth:
         self._probing = False
         self._clock = clock
         self._listeners: list[weakref.WeakMethod[Callable[[bool], None]]] = []
+        self._attempt = _Attempt(self)
 
     def watch(self, listener: Callable[[bool], None]) -> None:
         """Call the method ``listener(answering)`` when an outage starts (False) and when it
@@ -46,23 +47,26 @@ class StorageHealth:
     def failing(self) -> bool:
         return self.down_since is not None
 
-    @contextmanager
-    def attempt(self) -> Iterator[None]:
+    def attempt(self) -> _Attempt:
         """Around one call that has a fallback: raises StorageError at once (no round trip)
         while storage fails and it is not the probe's turn; notes how the call went."""
+        return self._attempt
+
+    def begin(self) -> None:
+        """An attempt starts (see ``attempt``)."""
         if self.down_since is not None:
             if self._probing or self._clock() < self._retry_at:
                 raise StorageError(f"{self.name} is failing; not asked again until its probe answers")
             self._probing = True
-        try:
-            yield
-        except StorageError as exc:
+
+    def end(self, exc: BaseException | None) -> None:
+        """An attempt ended: answered (no ``exc``), failed (a StorageError), or neither."""
+        self._probing = False
+        if exc is None:
+            if self.down_since is not None:
+                self.answered()
+        elif isinstance(exc, StorageError):
             self.failed(exc)
-            raise
-        else:
-            self.answered()
-        finally:
-            self._probing = False
 
     def failed(self, exc: StorageError) -> None:
         now = self._clock()
@@ -87,3 +91,19 @@ class StorageHealth:
             listener = ref()
             if listener is not None:
                 listener(answering)
+
+
+class _Attempt:
+    """``StorageHealth.attempt``'s context manager, one per health: a call with a fallback is
+    on every request's way, and a generator-based one costs more than the call's own work."""
+
+    __slots__ = ("_health",)
+
+    def __init__(self, health: StorageHealth) -> None:
+        self._health = health
+
+    def __enter__(self) -> None:
+        self._health.begin()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._health.end(exc)

@@ -54,13 +54,16 @@ for i = 1, #KEYS - 1 do
     pause = tonumber(ARGV[b + 11]), remaining = tonumber(ARGV[b + 12]), reset = tonumber(ARGV[b + 13]),
     spent = ARGV[b + 14], view = ARGV[b + 15],
   }
-  local s = {tat = 0, paused = 0, counts = {}, touched = {}}
+  local s = {tat = 0, paused = 0, counts = {}, touched = {}, stored = {}}
   local fields = redis.call('HGETALL', KEYS[i])
   for j = 1, #fields, 2 do
     local name, value = fields[j], tonumber(fields[j + 1])
     if name == 'tat' then s.tat = value
     elseif name == 'paused' then s.paused = value
-    else s.counts[tonumber(string.sub(name, 3))] = value end
+    else
+      s.counts[tonumber(string.sub(name, 3))] = value
+      s.stored[#s.stored + 1] = name
+    end
   end
   states[i] = s
 end
@@ -246,7 +249,12 @@ local result = {admitted, num(at - now), blocking, num(at), epoch}
 for i, c in ipairs(charges) do
   local s = states[i]
   if op ~= 'peek' then
-    redis.call('DEL', KEYS[i])
+    -- Only the counts that stopped counting are removed (most calls remove none).
+    local gone = {}
+    for _, name in ipairs(s.stored) do
+      if not s.counts[tonumber(string.sub(name, 3))] then gone[#gone + 1] = name end
+    end
+    if #gone > 0 then redis.call('HDEL', KEYS[i], unpack(gone)) end
     local fields = {'tat', num(s.tat), 'paused', num(s.paused)}
     for slot, units in pairs(s.counts) do
       fields[#fields + 1] = 'c:' .. string.format('%.0f', slot)
