@@ -5,6 +5,7 @@ without lupa, and every Redis store is a script.)"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,3 +116,25 @@ async def test_a_dead_letter_is_kept_listed_claimed_and_deleted(storage: Storage
     assert await storage.delete_dead_letter(entry.id)
     assert await storage.get_dead_letter(entry.id) is None
     assert await storage.count_dead_letters("v") == 0
+
+
+async def test_stats_of_every_process_add_up_per_vendor_and_window(storage: Storage) -> None:
+    now = time.time()
+    minute = int(now // 60)
+    await storage.add_stats({("v", minute): {"requests": 3, "ok": 2, "vendor_5xx": 1},
+                             ("v", minute - 30): {"requests": 1, "ok": 1}}, {"v": now - 5})
+    await storage.add_stats({("v", minute): {"requests": 2, "ok": 2}, ("w", minute): {"requests": 1}},
+                            {"v": now - 60})  # another process, whose latest success is older
+    read = await storage.read_stats(["v", "w", "x"], [(minute - 4, minute), (minute - 59, minute)])
+    assert read["v"] == ([{"requests": 5, "ok": 4, "vendor_5xx": 1}, {"requests": 6, "ok": 5, "vendor_5xx": 1}],
+                         pytest.approx(now - 5))
+    assert read["w"] == ([{"requests": 1}, {"requests": 1}], None)
+    assert read["x"] == ([{}, {}], None)
+
+
+async def test_stats_of_a_day_are_read_across_its_hours(storage: Storage) -> None:
+    minute = int(time.time() // 60)
+    minutes = {("v", minute - back): {"requests": 1} for back in range(0, 1500, 7)}
+    await storage.add_stats(minutes, {})
+    (day,), _ = (await storage.read_stats(["v"], [(minute - 1439, minute)]))["v"]
+    assert day == {"requests": len(range(0, 1440, 7))}

@@ -39,6 +39,8 @@ from gateway.core.budget import EPSILON, Adjustment, BudgetState, Charge, Level,
 from gateway.core.dead_letter import DeadLetter
 from gateway.errors import StorageError
 from gateway.storage.health import StorageHealth
+from gateway.storage.redis_stats import queue_add, queue_read
+from gateway.storage.stores import StatsRead
 
 log = logging.getLogger("gateway.storage")
 
@@ -384,6 +386,19 @@ class RedisStorage:
 
     async def count_dead_letters(self, vendor: str) -> int:
         return int(await self._call("read", self.client.zcard(self._index(vendor))))
+
+    async def add_stats(self, minutes: Mapping[tuple[str, int], Mapping[str, int]],
+                        successes: Mapping[str, float]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        queue_add(pipe, minutes, successes)
+        await self._call("stats write", pipe.execute())
+
+    async def read_stats(self, vendors: Sequence[str], spans: Sequence[tuple[int, int]]) -> StatsRead:
+        if not vendors:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        parse = queue_read(pipe, vendors, spans)
+        return parse(await self._call("stats read", pipe.execute()))
 
     async def close(self) -> None:
         await self.client.aclose()
