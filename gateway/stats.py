@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
-from gateway.core.stats import KEEP, MINUTE, OK, REQUESTS, WIDTH, bucket, merge, minute_of, outcome, report, to_fields, window_spans
+from gateway.core.stats import (
+    BOUNDS, FIRST_BUCKET, KEEP, MINUTE, OK, OUTCOMES, REQUESTS, WIDTH, merge, minute_of, report, to_fields, window_spans,
+)
 from gateway.errors import StorageError
 from gateway.storage.kept import FLUSH_EVERY, Flusher
 from gateway.storage.stores import StatsStore
@@ -31,29 +34,45 @@ class Stats(Flusher):
         self._store = store
         self._clock = clock
         self._pending: dict[tuple[str, int], list[int]] = {}
+        # The current minute's pending records by vendor, so an answer finds its own with
+        # one lookup by name; emptied whenever the pending ones are taken.
+        self._current: dict[str, list[int]] = {}
+        self._minute, self._opened, self._closes = 0, 0.0, 0.0
         self._successes: dict[str, float] = {}
         self._flushing = asyncio.Lock()
 
     def record(self, vendor: str, status: int, ours: bool, seconds: float, now: float) -> None:
-        """Count one answer: its status, whether the gateway made it (a problem), how long
-        it took, and when it went out."""
-        key = (vendor, int(now // MINUTE))
-        counts = self._pending.get(key)
+        """Count one answer: its status (three digits), whether the gateway made it (a
+        problem), how long it took, and when it went out."""
+        if not self._opened <= now < self._closes:
+            self._turn(now)
+        counts = self._current.get(vendor)
         if counts is None:
-            counts = self._pending[key] = [0] * WIDTH
+            counts = self._open(vendor)
         counts[REQUESTS] += 1
-        field = outcome(status, ours)
+        field = OUTCOMES[ours][status]
         counts[field] += 1
-        counts[bucket(seconds)] += 1
+        counts[FIRST_BUCKET + bisect_right(BOUNDS, seconds)] += 1
         if field == OK:
             self._successes[vendor] = now
+
+    def _turn(self, now: float) -> None:
+        """Another minute than the current one: its records are found anew."""
+        self._minute = minute_of(now)
+        self._opened = self._minute * MINUTE
+        self._closes = self._opened + MINUTE
+        self._current = {}
+
+    def _open(self, vendor: str) -> list[int]:
+        counts = self._current[vendor] = self._pending.setdefault((vendor, self._minute), [0] * WIDTH)
+        return counts
 
     async def flush(self) -> None:
         """Add the pending minutes to storage; on failure they stay pending."""
         async with self._flushing:
             if not self._pending and not self._successes:
                 return
-            pending, self._pending = self._pending, {}
+            pending, self._pending, self._current = self._pending, {}, {}
             successes, self._successes = self._successes, {}
             try:
                 await self._store.add_stats({key: to_fields(counts) for key, counts in pending.items()}, successes)

@@ -11,7 +11,9 @@ import time
 import urllib.request
 from typing import Any
 
-from gateway.core.stats import CLASSES
+from gateway.core.stats import CLASSES, FIRST_BUCKET, bucket
+from gateway.errors import StorageError
+from gateway.stats import Stats
 from tests.conftest import free_port
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -25,6 +27,37 @@ async def status_of(client: Any) -> dict[str, Any]:
     response = await client.get("/_gateway/status")
     assert response.status == 200
     return dict(await response.json())
+
+
+async def test_answers_are_counted_per_vendor_and_minute_and_kept_until_a_flush_succeeds() -> None:
+    added: list[tuple[dict[tuple[str, int], dict[str, int]], dict[str, float]]] = []
+
+    failing = [True]
+
+    class Store:
+        async def add_stats(self, minutes: Any, successes: Any) -> None:
+            if failing.pop():
+                raise StorageError("redis stats write failed: ConnectionError")
+            added.append((dict(minutes), dict(successes)))
+
+        async def read_stats(self, vendors: Any, spans: Any) -> Any:
+            return {}
+
+    stats = Stats(Store(), clock=lambda: 700.0)
+    stats.record("crm", 200, False, 0.01, 600.0)
+    stats.record("crm", 500, False, 0.01, 659.9)
+    stats.record("crm", 429, True, 0.0, 660.0)  # the next minute
+    await stats.flush()  # fails: the answers stay pending
+    stats.record("mail", 503, True, 0.0, 660.5)
+    failing.append(False)
+    await stats.flush()
+    await stats.flush()  # nothing more to add
+    [(minutes, successes)] = added
+    ms = f"b{bucket(0.01) - FIRST_BUCKET}"
+    assert minutes == {("crm", 10): {"requests": 2, "ok": 1, "vendor_5xx": 1, ms: 2},
+                       ("crm", 11): {"requests": 1, "gateway_429": 1, "b0": 1},
+                       ("mail", 11): {"requests": 1, "gateway_503": 1, "b0": 1}}
+    assert successes == {"crm": 600.0}
 
 
 async def test_status_counts_answers_by_class_at_once(gateway, vendor) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.stats import (
-    BOUNDS, CLASSES, FIELDS, FIRST_BUCKET, OK, WIDTH, bucket, cover, merge, outcome, percentile, report, summary,
+    BOUNDS, CLASSES, FIELDS, FIRST_BUCKET, OK, WIDTH, bucket, cover, merge, OUTCOMES, percentile, report, summary,
     to_fields, window_spans,
 )
 
@@ -18,18 +18,18 @@ from gateway.core.stats import (
         (500, False, "vendor_5xx"), (503, False, "vendor_5xx"),
         (429, True, "gateway_429"), (503, True, "gateway_503"), (504, True, "timeout"), (502, True, "connect"),
         (401, True, "other"), (413, True, "other"), (500, True, "other"), (499, False, "other"), (499, True, "other"),
-        (700, False, "other"),
+        (700, False, "other"), (999, True, "other"),
     ],
 )
 def test_each_answer_counts_in_one_class(status: int, ours: bool, counted_as: str) -> None:
-    assert FIELDS[outcome(status, ours)] == counted_as
+    assert FIELDS[OUTCOMES[ours][status]] == counted_as
 
 
 def record(*answers: tuple[int, bool, float]) -> list[int]:
     counts = [0] * WIDTH
     for status, ours, seconds in answers:
         counts[0] += 1
-        counts[outcome(status, ours)] += 1
+        counts[OUTCOMES[ours][status]] += 1
         counts[bucket(seconds)] += 1
     return counts
 
@@ -107,3 +107,4 @@ def test_the_report_has_every_window_and_the_latest_success() -> None:
     assert list(shown) == ["5m", "1h", "24h", "last_success"]
     assert shown["last_success"] == "2023-11-14T22:13:20.000Z"
     assert shown["1h"]["last_success"] == shown["last_success"]  # type: ignore[index]
+
