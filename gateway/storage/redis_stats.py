@@ -4,13 +4,16 @@ Per vendor, each minute's counters are a hash (``gateway:{vendor}:stats:m:MINUTE
 is each hour's sum of them (``stats:h:HOUR``), so a day reads as about 24 hours and the
 minutes at its edges (gateway.core.stats.cover); every field only ever grows by HINCRBY,
 so the processes' additions never overwrite one another. Each hash expires KEEP after its
-own end, whoever writes it. The latest success is the score of the one member of a sorted
-set, raised with ZADD GT (Redis 6.2 and later). All keys are tagged by vendor.
+own end, whoever writes it. All keys of a vendor share its hash tag, so one script call
+per vendor and minute adds (stats_add.lua), and one per vendor reads and sums where the
+counters are (stats_read.lua): a flush and a read are each one pipeline, sent at once.
+The scripts go as EVAL, which needs no NOSCRIPT round trip in a pipeline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from importlib.resources import files
 from typing import Any
 
 from gateway.core.stats import KEEP, MINUTE, cover
@@ -18,6 +21,8 @@ from gateway.errors import StorageError
 from gateway.storage.stores import StatsRead
 
 HOUR = 3600
+_ADD = files("gateway.storage").joinpath("lua", "stats_add.lua").read_text(encoding="utf-8")
+_READ = files("gateway.storage").joinpath("lua", "stats_read.lua").read_text(encoding="utf-8")
 
 
 def _key(vendor: str, part: str) -> str:
@@ -25,45 +30,38 @@ def _key(vendor: str, part: str) -> str:
 
 
 def queue_add(pipe: Any, minutes: Mapping[tuple[str, int], Mapping[str, int]], successes: Mapping[str, float]) -> None:
+    told: set[str] = set()
     for (vendor, minute), fields in minutes.items():
         hour = minute * MINUTE // HOUR
-        for name, until in ((f"m:{minute}", (minute + 1) * MINUTE + KEEP), (f"h:{hour}", (hour + 1) * HOUR + KEEP)):
-            where = _key(vendor, name)
-            for field, value in fields.items():
-                pipe.hincrby(where, field, value)
-            pipe.expireat(where, until)
-    for vendor, at in successes.items():
-        where = _key(vendor, "last")
-        pipe.zadd(where, {"last": at}, gt=True)
-        pipe.expireat(where, int(at) + KEEP)
+        success = successes.get(vendor)
+        last = "" if success is None or vendor in told else repr(success)
+        told.add(vendor)
+        keys = [_key(vendor, f"m:{minute}"), _key(vendor, f"h:{hour}"), _key(vendor, "last")]
+        args: list[object] = [(minute + 1) * MINUTE + KEEP, (hour + 1) * HOUR + KEEP, last,
+                              int(success or 0) + KEEP]
+        for field, value in fields.items():
+            args += [field, value]
+        pipe.eval(_ADD, len(keys), *keys, *args)
 
 
 def queue_read(pipe: Any, vendors: Sequence[str], spans: Sequence[tuple[int, int]]) -> Callable[[list[Any]], StatsRead]:
     """Queue the reads; the function that makes the pipeline's replies the answer."""
-    covers = [cover(first, last) for first, last in spans]
-    names = sorted({f"h:{h}" for hours, _ in covers for h in hours} | {f"m:{m}" for _, ms in covers for m in ms})
+    names: list[list[str]] = []
+    for first, last in spans:
+        hours, ms = cover(first, last)
+        names.append([*(f"h:{h}" for h in hours), *(f"m:{m}" for m in ms)])
     for vendor in vendors:
-        for name in names:
-            pipe.hgetall(_key(vendor, name))
-        pipe.zscore(_key(vendor, "last"), "last")
+        keys = [_key(vendor, "last"), *(_key(vendor, name) for span in names for name in span)]
+        pipe.eval(_READ, len(keys), *keys, *(len(span) for span in names))
 
     def parse(replies: list[Any]) -> StatsRead:
         found: StatsRead = {}
-        step = len(names) + 1
-        for i, vendor in enumerate(vendors):
-            part = replies[i * step : (i + 1) * step]
+        for vendor, reply in zip(vendors, replies):
             try:
-                read = {name: {bytes(f).decode(): int(v) for f, v in reply.items()} for name, reply in zip(names, part)}
-                last = float(part[-1]) if part[-1] is not None else None
-            except (ValueError, UnicodeDecodeError):
-                raise StorageError(f"redis stats read failed: a counter of {vendor} is not a number") from None
-            sums = []
-            for hours, ms in covers:
-                total: dict[str, int] = {}
-                for name in [*(f"h:{h}" for h in hours), *(f"m:{m}" for m in ms)]:
-                    for field, value in read[name].items():
-                        total[field] = total.get(field, 0) + value
-                sums.append(total)
+                last = float(reply[0]) if reply[0] else None
+                sums = [{bytes(flat[i]).decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)} for flat in reply[1:]]
+            except (ValueError, UnicodeDecodeError, TypeError, IndexError):
+                raise StorageError(f"redis stats read failed: the stats of {vendor} are not counters") from None
             found[vendor] = (sums, last)
         return found
 
