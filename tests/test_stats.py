@@ -158,3 +158,16 @@ async def test_two_processes_on_one_redis_report_the_same(gateway_process, vendo
     assert shown[0]["5m"] == shown[1]["5m"] and shown[0]["24h"] == shown[1]["24h"]
     mail = (await asyncio.to_thread(read_status, first.url))["vendors"]["mail"]["stats"]["24h"]
     assert mail["requests"] == 0 and mail["success_rate"] is None
+
+
+async def test_stats_outlive_a_reload_and_a_removed_vendor_is_no_longer_reported(gateway, vendor, tmp_path) -> None:
+    client = await gateway({"vendor": "crm", "upstream": vendor.url}, {"vendor": "mail", "upstream": vendor.url},
+                           config={"admin_key": "${ADMIN}", "watch": False}, env={"ADMIN": "admin-key-1"})
+    for path in ("/crm/x", "/crm/x", "/mail/x"):
+        assert (await client.get(path)).status == 200
+    (tmp_path / "policies" / "mail.yaml").unlink()
+    assert (await client.post("/_gateway/reload", headers={"X-Gateway-Admin-Key": "admin-key-1"})).status == 200
+    assert (await client.get("/crm/x")).status == 200
+    vendors = (await status_of(client))["vendors"]
+    assert list(vendors) == ["crm"]
+    assert vendors["crm"]["stats"]["1h"]["requests"] == 3
