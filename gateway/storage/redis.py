@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
 from gateway.config.model import CircuitBreaker
 from gateway.config.vendor_signals import AuthFailures
@@ -124,7 +124,7 @@ class RedisStorage:
     async def _call(self, what: str, operation: Any) -> Any:
         try:
             return await operation
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:  # the latter is no RedisError
             raise StorageError(f"redis {what} failed: {type(exc).__name__}") from None
 
     async def _guarded(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
