@@ -3,8 +3,9 @@
 ``build_app`` makes the aiohttp application: its routes (gateway.server, gateway.admin_api)
 and, in ``cleanup_ctx``, its resources, opened on start and closed on stop once per
 process: the storage backend chosen from the storage URL, the upstream client sessions,
-the credential providers, and the budgets, breakers, cache, dead letters and attempts the
-pipeline is made of. Handlers reach them through the typed app keys of gateway.state; the
+the credential providers, the budgets, breakers, cache, dead letters and attempts the
+pipeline is made of, and the stats every snapshot counts answers in (flushed in the
+background). Handlers reach them through the typed app keys of gateway.state; the
 snapshot of config and policies in force, and what is built from it, through ``LIVE``, which
 a reload (gateway.reload) replaces in one step.
 """
@@ -38,8 +39,10 @@ from gateway.readers import readers_only
 from gateway.token_encryption import Sealer
 from gateway.server import count_errors, origin_form_only
 from gateway.reload import Live, Reloader, Snapshot
+from gateway.stats import Stats
 from gateway.state import (
-    AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, NOTIFIER, RELOADER, SETTINGS, SOURCE, STORAGE, WATCH,
+    AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, NOTIFIER, RELOADER, SETTINGS, SOURCE, STATS, STORAGE,
+    WATCH,
 )
 from gateway.storage import open_storage
 from gateway.tokens import TokenProvider
@@ -111,6 +114,7 @@ class _Wiring:
         self.failing: dict[str, Callable[[], bool]] = {}
         self.auth_stops = AuthStops(self.storage, self.metrics, self.failing)
         self.answers = AnswerCounts()
+        self.stats = Stats(self.storage)
         self.notifier = Notifier(config.notify.url if config.notify else None, self.storage)
         self.watch = Watch(self.notifier, self.tokens, self.answers, self.budgets.forecasts)
         self.breakers.watch(self.watch.breaker_changed)
@@ -148,7 +152,7 @@ class _Wiring:
         self.failing.update({v: tokens[v].failing if v in tokens else _never for v in settings.policies})
         self.auth_stops.refresh_gauges()
         attempts = Attempts(clients, credentials, self.breakers, self.auth_stops, self.budgets, self.metrics)
-        pipeline = Pipeline(settings, attempts, self.cache, dead_letters, self.metrics, self.answers)
+        pipeline = Pipeline(settings, attempts, self.cache, dead_letters, self.metrics, self.answers, self.stats)
         for vendor, policy in settings.policies.items():
             if policy.dead_letter:
                 await dead_letters.count(vendor)
@@ -176,6 +180,7 @@ class _Wiring:
             task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
+        await self.stats.close()
         await self.watch.stop()
         await self.notifier.stop()
         for task in list(self._retiring):
@@ -212,6 +217,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[AUTH_STOPS] = wiring.auth_stops
     app[NOTIFIER] = wiring.notifier
     app[WATCH] = wiring.watch  # storage's health holds its listeners weakly
+    app[STATS] = wiring.stats
     try:
         snapshot = await wiring.build(app[SETTINGS], None)
         live = app[LIVE] = wiring.live = Live(snapshot)
@@ -219,6 +225,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         reloader.on_refused = lambda problems: wiring.notifier.reload_failed("; ".join(problems))
         wiring.notifier.start()
         wiring.watch.start()
+        wiring.stats.wake()
         app[METRICS].config_loaded.set(snapshot.loaded_at)
         yield
     finally:

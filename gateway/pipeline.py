@@ -42,6 +42,7 @@ from gateway.core.routing import Target
 from gateway.deadletters import ERROR_EXCERPT, DeadLetters, Delivery, describe
 from gateway.errors import CallerGone, GatewayError, UnknownVendor
 from gateway.metrics import Metrics
+from gateway.stats import Stats
 from gateway.request import REQUEST_CONTEXT, RequestContext, UpstreamRequest, forward_headers, refuse_method, request_id, route
 from gateway.upstream import AnswerBroke, read_answer
 
@@ -51,7 +52,7 @@ log = logging.getLogger("gateway.pipeline")
 class Pipeline:
     def __init__(
         self, settings: Settings, attempts: Attempts, cache: ResponseCache, dead_letters: DeadLetters, metrics: Metrics,
-        answers: AnswerCounts,
+        answers: AnswerCounts, stats: Stats,
     ) -> None:
         self.policies: Mapping[str, Policy] = settings.policies
         self.max_body = settings.config.max_body
@@ -63,6 +64,7 @@ class Pipeline:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self.answers = answers  # shared by every snapshot: the success rates outlive a reload
+        self._stats = stats  # shared too
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The request's answer, counted once for the metrics however it ends."""
@@ -70,6 +72,7 @@ class Pipeline:
                              lambda: request.transport is None or request.transport.is_closing())
         request[REQUEST_CONTEXT] = ctx
         status = 500
+        made: GatewayError | None = None
         try:
             response = await self.respond(ctx, request)
             made = response.get(GATEWAY_ERROR)
@@ -99,8 +102,10 @@ class Pipeline:
             method = request.method if request.method in HTTP_METHODS else "OTHER"
             self._metrics.requests.labels(ctx.vendor, method, str(status), ctx.caller).inc()
             if ctx.vendor != "unknown":
-                self._metrics.request_duration.labels(ctx.vendor).observe(time.monotonic() - ctx.started)
-                self.answers.answered(ctx.vendor, status < 400, time.time())
+                took, now = time.monotonic() - ctx.started, time.time()
+                self._metrics.request_duration.labels(ctx.vendor).observe(took)
+                self._stats.record(ctx.vendor, status, made is not None, took, now)
+                self.answers.answered(ctx.vendor, status < 400, now)
                 if status < 400:
                     self._metrics.last_success.labels(ctx.vendor).set(time.time())
             if ctx.cache is not None:

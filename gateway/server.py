@@ -18,7 +18,7 @@ from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageEr
 from gateway.request import request_id
 from gateway.core.auth_stop import REJECTED
 from gateway.metrics import Metrics
-from gateway.state import AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, SETTINGS, STORAGE
+from gateway.state import AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, SETTINGS, STATS, STORAGE
 
 
 class GatewayRunner(web.AppRunner):
@@ -108,8 +108,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Per vendor: upstream, credential state (never a secret), breaker state and budgets;
-    and when the config in force was loaded, and why the latest reload was refused."""
+    """Per vendor: upstream, credential state (never a secret), breaker state, budgets and
+    the shared stats; when the config in force was loaded, and why the latest reload was
+    refused. Storage failing, ``stats`` is null and ``stats_unavailable`` says why."""
     live = request.app[LIVE]
     snapshot = live.current
     settings = snapshot.settings
@@ -118,6 +119,12 @@ async def status(request: web.Request) -> web.Response:
     budgets = request.app[BUDGETS]
     auth_stops = request.app[AUTH_STOPS]
     vendors: dict[str, dict[str, object]] = {}
+    body: dict[str, object] = {"vendors": vendors, "config": live.status()}
+    try:
+        stats = await request.app[STATS].read(sorted(settings.policies))
+    except StorageError as exc:
+        stats = {}
+        body["stats_unavailable"] = str(exc)
     for vendor, policy in sorted(settings.policies.items()):
         credentials: dict[str, object] = (
             tokens[vendor].status() if vendor in tokens else {"type": policy.credentials.type, "state": "static"}
@@ -131,5 +138,6 @@ async def status(request: web.Request) -> web.Response:
             "credentials": credentials,
             "circuit_breaker": await breakers.state(vendor, breaker) if breaker is not None else None,
             "budgets": await budgets.status(policy, settings.config.callers),
+            "stats": stats.get(vendor),
         }
-    return web.json_response({"vendors": vendors, "config": live.status()}, status=200)
+    return web.json_response(body, status=200)

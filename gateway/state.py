@@ -12,6 +12,7 @@ from gateway.config.loader import Settings, Source
 from gateway.metrics import Metrics
 from gateway.notify import Notifier, Watch
 from gateway.reload import Live, Reloader
+from gateway.stats import Stats
 from gateway.storage import Storage
 
 SETTINGS = web.AppKey("settings", Settings)  # the settings the app started with
@@ -25,4 +26,5 @@ BREAKERS = web.AppKey("breakers", CircuitBreakers)
 AUTH_STOPS = web.AppKey("auth_stops", AuthStops)
 NOTIFIER = web.AppKey("notifier", Notifier)  # reloads and auth stops tell through it
 WATCH = web.AppKey("watch", Watch)
+STATS = web.AppKey("stats", Stats)
 DRAINING = web.AppKey("draining", list)  # [True] once SIGTERM arrived

@@ -7,6 +7,7 @@ notices the same way. The Lua/Python parity tables run on the same backends
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -143,3 +144,25 @@ async def test_one_process_sends_a_notice_while_it_is_claimed(storage: Storage) 
     assert await storage.claim_notice("storage-failing", 60.0)
     assert not await storage.claim_notice("storage-failing", 60.0)
     assert await storage.claim_notice("another", 60.0)
+
+
+async def test_stats_of_every_process_add_up_per_vendor_and_window(storage: Storage) -> None:
+    now = time.time()
+    minute = int(now // 60)
+    await storage.add_stats({("v", minute): {"requests": 3, "ok": 2, "vendor_5xx": 1},
+                             ("v", minute - 30): {"requests": 1, "ok": 1}}, {"v": now - 5})
+    await storage.add_stats({("v", minute): {"requests": 2, "ok": 2}, ("w", minute): {"requests": 1}},
+                            {"v": now - 60})  # another process, whose latest success is older
+    read = await storage.read_stats(["v", "w", "x"], [(minute - 4, minute), (minute - 59, minute)])
+    assert read["v"] == ([{"requests": 5, "ok": 4, "vendor_5xx": 1}, {"requests": 6, "ok": 5, "vendor_5xx": 1}],
+                         pytest.approx(now - 5))
+    assert read["w"] == ([{"requests": 1}, {"requests": 1}], None)
+    assert read["x"] == ([{}, {}], None)
+
+
+async def test_stats_of_a_day_are_read_across_its_hours(storage: Storage) -> None:
+    minute = int(time.time() // 60)
+    minutes = {("v", minute - back): {"requests": 1} for back in range(0, 1500, 7)}
+    await storage.add_stats(minutes, {})
+    (day,), _ = (await storage.read_stats(["v"], [(minute - 1439, minute)]))["v"]
+    assert day == {"requests": len(range(0, 1440, 7))}

@@ -10,7 +10,7 @@ const REFRESH_MS = 5000;
 const RED_BELOW = 0.95; // the 1 h success rate under which a vendor is red
 const AMBER_WITHIN = 4 * 3600; // a budget forecast to run out sooner than this is amber
 const WINDOWS = ["5m", "1h", "24h"];
-const ERROR_CLASSES = ["vendor_4xx", "vendor_5xx", "vendor_429", "gateway_429", "timeout", "connect", "gateway_503"];
+const ERROR_CLASSES = ["vendor_4xx", "vendor_5xx", "vendor_429", "gateway_429", "timeout", "connect", "gateway_503", "other"];
 const FAILING_CREDENTIALS = new Set(["failing", "rejected"]);
 
 // What the page needs from Prometheus text: dead letters and cache results per vendor,

@@ -20,6 +20,7 @@ from gateway.storage.stores import (
     CacheStore as CacheStore,
     DeadLetterStore as DeadLetterStore,
     NoticeStore as NoticeStore,
+    StatsStore as StatsStore,
     Storage as Storage,
     TokenStore as TokenStore,
 )

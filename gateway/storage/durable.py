@@ -34,6 +34,9 @@ _TABLES = (
     "CREATE INDEX IF NOT EXISTS dead_letters_vendor ON dead_letters (vendor, id)",
     "CREATE TABLE IF NOT EXISTS state (section TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
     " until REAL NOT NULL, PRIMARY KEY (section, key))",
+    "CREATE TABLE IF NOT EXISTS stats (vendor TEXT NOT NULL, minute INTEGER NOT NULL, field TEXT NOT NULL,"
+    " value INTEGER NOT NULL, PRIMARY KEY (vendor, minute, field)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS stats_last (vendor TEXT PRIMARY KEY, at REAL NOT NULL)",
 )
 
 # One kept entry to write: section, key, its record (JSON), until when it matters.
@@ -45,6 +48,22 @@ def _reason(exc: sqlite3.Error | OSError) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or type(exc).__name__}{where}"
     return str(exc) or type(exc).__name__
+
+
+def _transaction(work: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    """``work`` done whole or not at all."""
+
+    def whole(db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    return whole
 
 
 class LocalStore:
@@ -149,17 +168,44 @@ class LocalStore:
         """Write kept entries in one transaction, and drop those that no longer matter."""
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany("INSERT OR REPLACE INTO state (section, key, value, until) VALUES (?, ?, ?, ?)", rows)
-                db.execute("DELETE FROM state WHERE until <= ?", (now,))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            db.executemany("INSERT OR REPLACE INTO state (section, key, value, until) VALUES (?, ?, ?, ?)", rows)
+            db.execute("DELETE FROM state WHERE until <= ?", (now,))
 
-        await self._run("state write", write)
+        await self._run("state write", _transaction(write))
+
+    async def add_stats(self, rows: Sequence[tuple[str, int, str, int]], successes: Sequence[tuple[str, float]],
+                        before: int) -> None:
+        """Add (vendor, minute, field, value) counters and raise latest successes in one
+        transaction; the vendors' minutes before ``before`` are dropped."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT INTO stats (vendor, minute, field, value) VALUES (?, ?, ?, ?)"
+                           " ON CONFLICT DO UPDATE SET value = value + excluded.value", rows)
+            db.executemany("INSERT INTO stats_last (vendor, at) VALUES (?, ?)"
+                           " ON CONFLICT DO UPDATE SET at = max(at, excluded.at)", successes)
+            vendors = sorted({row[0] for row in rows})
+            db.executemany("DELETE FROM stats WHERE vendor = ? AND minute < ?", [(v, before) for v in vendors])
+
+        await self._run("stats write", _transaction(write))
+
+    async def read_stats(
+        self, vendors: Sequence[str], spans: Sequence[tuple[int, int]]
+    ) -> list[tuple[list[list[tuple[str, int]]], float | None]]:
+        """Per vendor: its (field, sum) pairs over each span of minutes, and its latest success."""
+
+        def read(db: sqlite3.Connection) -> list[tuple[list[list[tuple[str, int]]], float | None]]:
+            found = []
+            for vendor in vendors:
+                sums = [
+                    db.execute("SELECT field, sum(value) FROM stats WHERE vendor = ? AND minute BETWEEN ? AND ?"
+                               " GROUP BY field", (vendor, first, last)).fetchall()
+                    for first, last in spans
+                ]
+                last_row = db.execute("SELECT at FROM stats_last WHERE vendor = ?", (vendor,)).fetchone()
+                found.append((sums, float(last_row[0]) if last_row else None))
+            return found
+
+        return await self._run("stats read", read)
 
     def close(self) -> None:
         if self._db is not None:

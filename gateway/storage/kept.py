@@ -48,7 +48,41 @@ class Section(Generic[T]):
         self.changed: dict[str, T] = {}
 
 
-class StateKeeper:
+class Flusher:
+    """What writes in the background: ``flush`` every ``every`` seconds from ``wake`` on,
+    and once more at ``stop``."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._failing = False  # the latest flush failed (said once, until one succeeds)
+
+    def wake(self) -> None:
+        """Start the flushes (again a no-op once started, or once stopping)."""
+        if self._task is None and not self._closing.is_set():
+            self._task = asyncio.get_running_loop().create_task(self._flush_every())
+
+    async def _flush_every(self) -> None:
+        while not self._closing.is_set():
+            try:
+                await asyncio.wait_for(self._closing.wait(), self._every)
+            except TimeoutError:
+                pass
+            await self.flush()
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """The last flush: the background ones end first."""
+        self._closing.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
+
+
+class StateKeeper(Flusher):
     def __init__(
         self,
         store: LocalStore,
@@ -57,13 +91,10 @@ class StateKeeper:
         every: float = FLUSH_EVERY,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(every)
         self._store = store
         self._sections = {section.name: section for section in sections}
-        self._every = every
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
-        self._closing = asyncio.Event()
-        self._failing = False
 
     def load(self) -> None:
         """Put every kept entry back into its section (at start, before serving)."""
@@ -92,24 +123,11 @@ class StateKeeper:
             log.info("kept state read back: %d entr%s", restored, "y" if restored == 1 else "ies")
 
     def changed(self, section: Section[T], key: str, context: T) -> None:
-        """Mark an entry as changed; it is written with the next flush."""
+        """Mark an entry as changed; it is written with the next flush (a caller that marks
+        ``section.changed`` itself, on a hot path, calls ``wake`` after)."""
         section.changed[key] = context
         if self._task is None:
             self.wake()
-
-    def wake(self) -> None:
-        """Start the flushes, once something changed (a caller that marks ``section.changed``
-        itself, on a hot path, calls this after)."""
-        if self._task is None and not self._closing.is_set():
-            self._task = asyncio.get_running_loop().create_task(self._flush_every())
-
-    async def _flush_every(self) -> None:
-        while not self._closing.is_set():
-            try:
-                await asyncio.wait_for(self._closing.wait(), self._every)
-            except TimeoutError:
-                pass
-            await self.flush()
 
     async def flush(self) -> None:
         """Write what changed since the last flush; on failure it is kept for the next one."""
@@ -144,10 +162,7 @@ class StateKeeper:
 
     async def close(self) -> None:
         """The last flush: after it nothing is lost."""
-        self._closing.set()
-        if self._task is not None:
-            await self._task
-        await self.flush()
+        await self.stop()
         if self._failing:
             lost = sum(len(section.changed) for section in self._sections.values())
             log.error("kept state not saved before stopping: the last changes of %d entr%s are lost",

@@ -3,7 +3,8 @@
 What must outlive the process is kept in the local store under ``data_dir``: token
 records as they change (a restart resumes with the last rotated refresh token instead
 of the configured, dead, one), dead letters as they are kept, and budgets (their
-pauses too), breakers and auth stops about once a second (``kept.py``).
+pauses too), breakers and auth stops about once a second (``kept.py``), and the
+per-vendor stats as gateway.stats flushes them (about once a second too).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from gateway.core.breaker import Admission, BreakerState
 from gateway.core.budget import Adjustment, BudgetBook, BudgetState, Charge, Verdict, lasts_until
 from gateway.core.cache import next_generation
 from gateway.core.dead_letter import DeadLetter
+from gateway.core.stats import KEEP, minute_of
 from gateway.storage.durable import LocalStore
 from gateway.storage.health import StorageHealth
 from gateway.storage.kept import Section, StateKeeper
+from gateway.storage.stores import StatsRead
 
 
 class LocalBudgets:
@@ -278,6 +281,20 @@ class MemoryStorage(LocalBudgets, MemoryCache):
 
     async def count_dead_letters(self, vendor: str) -> int:
         return await self._local.count_entries(vendor)
+
+    async def add_stats(self, minutes: Mapping[tuple[str, int], Mapping[str, int]],
+                        successes: Mapping[str, float]) -> None:
+        rows = [(vendor, minute, f, v) for (vendor, minute), fields in minutes.items() for f, v in fields.items()]
+        before = minute_of(self._clock() - KEEP)
+        await self._local.add_stats(rows, list(successes.items()), before)
+
+    async def read_stats(self, vendors: Sequence[str], spans: Sequence[tuple[int, int]]) -> StatsRead:
+        read = await self._local.read_stats(vendors, spans)
+        cutoff = self._clock() - KEEP
+        return {
+            vendor: ([dict(pairs) for pairs in sums], last if last is not None and last > cutoff else None)
+            for vendor, (sums, last) in zip(vendors, read)
+        }
 
     async def close(self) -> None:
         await self._keeper.close()

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
 from gateway.config.model import CircuitBreaker
 from gateway.config.vendor_signals import AuthFailures
@@ -41,6 +41,8 @@ from gateway.core.dead_letter import DeadLetter
 from gateway.errors import StorageError
 from gateway.storage.health import StorageHealth
 from gateway.storage.redis_wire import Arg, ScriptWire
+from gateway.storage.redis_stats import queue_add, queue_read
+from gateway.storage.stores import StatsRead
 
 log = logging.getLogger("gateway.storage")
 
@@ -145,7 +147,7 @@ class RedisStorage:
     async def _call(self, what: str, operation: Any) -> Any:
         try:
             return await operation
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:  # the latter is no RedisError
             raise StorageError(f"redis {what} failed: {type(exc).__name__}") from None
 
     async def _guarded(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
@@ -416,6 +418,19 @@ class RedisStorage:
 
     async def count_dead_letters(self, vendor: str) -> int:
         return int(await self._call("read", self.client.zcard(self._index(vendor))))
+
+    async def add_stats(self, minutes: Mapping[tuple[str, int], Mapping[str, int]],
+                        successes: Mapping[str, float]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        queue_add(pipe, minutes, successes)
+        await self._call("stats write", pipe.execute())
+
+    async def read_stats(self, vendors: Sequence[str], spans: Sequence[tuple[int, int]]) -> StatsRead:
+        if not vendors:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        parse = queue_read(pipe, vendors, spans)
+        return parse(await self._call("stats read", pipe.execute()))
 
     async def close(self) -> None:
         if self._wire is not None:

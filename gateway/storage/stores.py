@@ -4,7 +4,8 @@ Every backend (memory with the local SQLite store, Redis, Redis Cluster) impleme
 all, as ``Storage``, and turns its own failures (redis, sqlite3, OSError) into
 StorageError. Budgets, breakers and auth stops, which have an in-process fallback, read the backend's
 ``health``: it alone decides when storage counts as failing and when as answering again.
-A queue store (async delivery, webhook ingress) will be one more protocol here.
+The stats store keeps per-vendor answer counts that every process adds to. A queue store
+(async delivery, webhook ingress) will be one more protocol here.
 
 tests/test_stores.py holds one contract test table for these stores, run on every backend
 of tests/backends.py (memory, fakeredis, redis-server, Redis Cluster); the breaker, auth
@@ -144,8 +145,27 @@ class NoticeStore(Protocol):
         """True for the one caller that may send notice ``name`` within ``seconds``."""
 
 
+# Per vendor: the counters summed over each span of minutes asked for, and the vendor's
+# latest success (epoch seconds), if one is kept.
+StatsRead = dict[str, tuple[list[dict[str, int]], float | None]]
+
+
+class StatsStore(Protocol):
+    """Per-vendor answer counters per minute (gateway.core.stats), which every process adds
+    to, kept 25 h (``KEEP``)."""
+
+    async def add_stats(self, minutes: Mapping[tuple[str, int], Mapping[str, int]],
+                        successes: Mapping[str, float]) -> None:
+        """Add each (vendor, minute)'s counters, and raise each vendor's latest success to
+        the time given if it is later, in one round trip."""
+
+    async def read_stats(self, vendors: Sequence[str], spans: Sequence[tuple[int, int]]) -> StatsRead:
+        """Each vendor's counters summed over each span (first and last minute), in one round trip."""
+
+
 class Storage(
-    TokenStore, BreakerStore, AuthStopStore, BudgetStore, CacheStore, DeadLetterStore, NoticeStore, Protocol
+    TokenStore, BreakerStore, AuthStopStore, BudgetStore, CacheStore, DeadLetterStore, NoticeStore, StatsStore,
+    Protocol,
 ):
     """A backend: every store, its health, and its lifecycle."""
 
