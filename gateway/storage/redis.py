@@ -115,6 +115,7 @@ class RedisStorage:
         self._put_if_unchanged = self.client.register_script(_script("put_if_unchanged.lua"))
         self._breaker = self.client.register_script(_script("breaker.lua"))
         self._auth_stop = self.client.register_script(_script("auth_stop.lua"))
+        self._put_entry = self.client.register_script(_script("put_entry.lua"))
         self._update_entry = self.client.register_script(_script("update_entry.lua"))
         self._budget = self.client.register_script(_script("budget.lua"))
         self._invalidate = self.client.register_script(_script("invalidate.lua"))
@@ -372,11 +373,8 @@ class RedisStorage:
         return "gateway:{dead-letters}:index" + (f":{vendor}" if vendor else "")
 
     async def put_dead_letter(self, entry: DeadLetter) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self._ENTRIES, entry.id, entry.to_json())
-        pipe.zadd(self._index(None), {entry.id: 0})
-        pipe.zadd(self._index(entry.vendor), {entry.id: 0})
-        await self._call("write", pipe.execute())
+        keys = [self._ENTRIES, self._index(None), self._index(entry.vendor)]
+        await self._call("write", self._run(self._put_entry, keys, [entry.id, entry.to_json()]))
 
     async def update_dead_letter(self, entry: DeadLetter) -> bool:
         keys = [self._ENTRIES]
