@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 
 import aiohttp
@@ -42,7 +41,8 @@ from gateway.core.routing import Target
 from gateway.deadletters import ERROR_EXCERPT, DeadLetters, Delivery, describe
 from gateway.errors import CallerGone, GatewayError, UnknownVendor
 from gateway.metrics import Metrics
-from gateway.request import REQUEST_CONTEXT, RequestContext, UpstreamRequest, forward_headers, refuse_method, request_id, route
+from gateway.request import (REQUEST_CONTEXT, RequestContext, UpstreamRequest, forward_headers, new_request_id,
+                             refuse_method, request_id, route)
 from gateway.upstream import AnswerBroke, read_answer
 
 log = logging.getLogger("gateway.pipeline")
@@ -151,7 +151,7 @@ class Pipeline:
         policy = self.policies.get(entry.vendor)
         if policy is None:
             raise UnknownVendor(f"no vendor {entry.vendor!r} is configured any more")
-        ctx = RequestContext(uuid.uuid4().hex, time.monotonic(), vendor=entry.vendor, caller=entry.caller,
+        ctx = RequestContext(new_request_id(), time.monotonic(), vendor=entry.vendor, caller=entry.caller,
                              who=self.callers.named(entry.caller), max_wait=policy.when_exhausted.wait)
         headers = CIMultiDict(entry.headers)
         headers["X-Request-Id"] = ctx.request_id

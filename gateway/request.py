@@ -9,9 +9,9 @@ fails early is still counted.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -94,8 +94,13 @@ def refuse_method(method: str, vendor: str) -> None:
 
 def request_id(request: web.BaseRequest) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new one."""
-    supplied = request.headers.get("X-Request-Id", "")
-    return supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+    supplied = request.headers.get("X-Request-Id")
+    return supplied if supplied and _REQUEST_ID.fullmatch(supplied) else new_request_id()
+
+
+def new_request_id() -> str:
+    """128 random bits as 32 hex digits (uuid4's form; an eighth of its cost)."""
+    return os.urandom(16).hex()
 
 
 def forward_headers(request: web.Request, request_id: str, body: RequestBody) -> CIMultiDict[str]:
