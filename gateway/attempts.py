@@ -142,8 +142,11 @@ class Attempts:
             probe = await self._breaker_admits(policy)
             ctx.attempts += 1
             headers = out.headers.copy()
-            query = await credential.apply(headers, out.target.query)
-            url = upstream_url(policy.upstream.origin, policy.upstream.base_path, replace(out.target, query=query))
+            target = out.target
+            query = await credential.apply(headers, target.query)
+            if query != target.query:
+                target = replace(target, query=query)
+            url = upstream_url(policy.upstream.origin, policy.upstream.base_path, target)
             started = time.monotonic()
             answer = await self.clients.send(policy, out.method, url, headers, out.body.payload())
         except (GatewayError, AttemptFailed) as exc:
@@ -165,10 +168,10 @@ class Attempts:
             head = await peek_answer(answer, size) if size else b""
             quota = is_quota_refusal(policy.signals, answer.status, head) if head else False
             await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers, head)
-        self._metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
+        self._metrics.upstream_requests_of(policy.vendor, out.method, outcome.label).inc()
         took = time.monotonic() - started
         ctx.upstream_seconds += took
-        self._metrics.upstream_duration.labels(policy.vendor).observe(took)
+        self._metrics.upstream_duration_of(policy.vendor).observe(took)
         # From its turn, not its send: a busy process may send a little after the turn.
         self._budgets.observe(policy.vendor, time.monotonic() - admitted)
         assert auth is not None  # admitted, or raised above

@@ -97,12 +97,13 @@ class Pipeline:
             raise
         finally:
             method = request.method if request.method in HTTP_METHODS else "OTHER"
-            self._metrics.requests.labels(ctx.vendor, method, str(status), ctx.caller).inc()
+            self._metrics.requests_of(ctx.vendor, method, str(status), ctx.caller).inc()
             if ctx.vendor != "unknown":
-                self._metrics.request_duration.labels(ctx.vendor).observe(time.monotonic() - ctx.started)
-                self.answers.answered(ctx.vendor, status < 400, time.time())
+                self._metrics.request_duration_of(ctx.vendor).observe(time.monotonic() - ctx.started)
+                now = time.time()
+                self.answers.answered(ctx.vendor, status < 400, now)
                 if status < 400:
-                    self._metrics.last_success.labels(ctx.vendor).set(time.time())
+                    self._metrics.last_success_of(ctx.vendor).set(now)
             if ctx.cache is not None:
                 self._cache.count(ctx.vendor, ctx.cache.lower())
 
