@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from gateway.config.model import Policy
 from gateway.core.cache import Entry
-from gateway.core.headers import POINTERS, hop_by_hop, into_gateway
+from gateway.core.headers import HOP_BY_HOP, POINTERS, hop_by_hop, into_gateway
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.request import RequestContext
 from gateway.taps import Tap
@@ -37,12 +37,14 @@ _CHUNK = 64 * 1024
 def vendor_headers(policy: Policy, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     """The vendor's answer headers as they go to the caller (and into the cache): its
     references to itself point into the gateway."""
-    dropped = hop_by_hop(upstream.headers.getall("Connection", ()))
+    answer = upstream.headers
+    dropped = hop_by_hop(answer.getall("Connection")) if "Connection" in answer else HOP_BY_HOP
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
-        if name.lower() in dropped or _CONTROL.search(value):  # unsendable: dropped
+    for name, value in answer.items():
+        lowered = name.lower()
+        if lowered in dropped or _CONTROL.search(value):  # unsendable: dropped
             continue
-        if name.lower() in POINTERS:
+        if lowered in POINTERS:
             value = into_gateway(value, policy.upstream.origin, policy.upstream.base_path, f"/{policy.vendor}")
         headers.add(name, value)
     return headers
