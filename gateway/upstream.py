@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import aiohttp
 from aiohttp import http_exceptions
@@ -24,6 +24,18 @@ CONNECTIONS_PER_VENDOR = 100
 
 # aiohttp adds these unless told not to; the vendor must see only what the caller sent.
 _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_SKIPPED: CIMultiDict[None] = CIMultiDict((name, None) for name in sorted(_AUTO_HEADERS))
+
+
+class AsSent(aiohttp.ClientRequest):
+    """aiohttp's request without the headers it adds of its own (_AUTO_HEADERS): the
+    vendor sees only what the caller sent. The session's ``skip_auto_headers`` would do
+    the same, sorting and copying them and the request's headers on every request; this
+    sets aiohttp's (private, class-declared) skip list to one made once.
+    tests/test_proxy.py holds it to the aiohttp the package requires."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _SKIPPED
 
 
 class AttemptFailed(Exception):
@@ -55,7 +67,7 @@ class UpstreamClients:
                     auto_decompress=False,
                     cookie_jar=aiohttp.DummyCookieJar(),
                     timeout=aiohttp.ClientTimeout(total=None, sock_read=policy.timeout),
-                    skip_auto_headers=_AUTO_HEADERS,
+                    request_class=AsSent,
                 )
 
     def retired(self, previous: UpstreamClients) -> list[aiohttp.ClientSession]:
