@@ -34,12 +34,16 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK = 64 * 1024
 
 
-def vendor_headers(policy: Policy, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    """The vendor's answer headers as they go to the caller (and into the cache): its
+def vendor_headers(
+    policy: Policy, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str] | None = None
+) -> CIMultiDict[str]:
+    """The vendor's answer headers as they go to the caller (and into the cache), added
+    to ``headers`` (an answer's own, filled before it goes out) or to new ones: its
     references to itself point into the gateway."""
     answer = upstream.headers
     dropped = hop_by_hop(answer.getall("Connection")) if "Connection" in answer else HOP_BY_HOP
-    headers: CIMultiDict[str] = CIMultiDict()
+    if headers is None:
+        headers = CIMultiDict()
     for name, value in answer.items():
         lowered = name.lower()
         if lowered in dropped or _CONTROL.search(value):  # unsendable: dropped
@@ -75,13 +79,15 @@ async def stream(
     """The vendor's answer to the caller as its bytes arrive, in one write when all of its
     body came with its head; ``tap`` sees them on the way. Nothing is retried once bytes
     went out."""
-    headers = our_headers(ctx, vendor_headers(policy, upstream))
     whole = arrived_whole(upstream)
     if whole is not None:
         upstream.release()
+        answer = web.Response(status=upstream.status, reason=upstream.reason, body=whole)
+        our_headers(ctx, vendor_headers(policy, upstream, answer.headers))  # into its own: no copy
         await tap.seen(whole, True)
-        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=whole)
-    streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        return answer
+    streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    our_headers(ctx, vendor_headers(policy, upstream, streamed.headers))
     length = upstream.content_length
     received = 0
     try:
