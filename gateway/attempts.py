@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 from gateway.auth_stops import AuthStops
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
-from gateway.config.model import Policy
+from gateway.config.model import CircuitBreaker, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.auth_stop import Admission as AuthAdmission
 from gateway.core.breaker import is_failure
@@ -139,7 +139,7 @@ class Attempts:
         try:
             if auth is None:
                 auth = await self.auth_stops.admit(policy)
-            probe = await self._breaker_admits(policy)
+            probe = await self._breaker_admits(policy, breaker) if breaker is not None else False
             ctx.attempts += 1
             headers = out.headers.copy()
             target = out.target
@@ -180,11 +180,8 @@ class Attempts:
             await self._breakers.record(policy.vendor, breaker, failed, probe)
         return Tried(answer, outcome, reason, headers, auth, quota)
 
-    async def _breaker_admits(self, policy: Policy) -> bool:
+    async def _breaker_admits(self, policy: Policy, breaker: CircuitBreaker) -> bool:
         """Whether this attempt is the half-open breaker's probe; CircuitOpen when it is open."""
-        breaker = policy.circuit_breaker
-        if breaker is None:
-            return False
         admission = await self._breakers.admit(policy.vendor, breaker)
         if not admission.allowed:
             raise CircuitOpen(
