@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import Policy
+from gateway.deadline import Deadline
 from gateway.errors import GatewayError
 
 # Per vendor, so a hung vendor can hold at most its own connections.
@@ -108,33 +109,6 @@ class UpstreamClients:
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._sessions.values()))
-
-
-class Deadline:
-    """What ``asyncio.timeout`` does around one await, for a third of its cost (it is on
-    every attempt): the task it is made in is cancelled once ``seconds`` pass. After a
-    CancelledError, ``expired`` tells whether the deadline alone caused it (and takes its
-    cancellation back); a cancellation from elsewhere goes on as it came."""
-
-    __slots__ = ("_task", "_cancelling", "_fired", "_handle")
-
-    def __init__(self, seconds: float) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # made in a request's task
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._fired = False
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
-
-    def _fire(self) -> None:
-        self._fired = True
-        self._task.cancel()
-
-    def expired(self) -> bool:
-        return self._fired and self._task.uncancel() <= self._cancelling
-
-    def stop(self) -> None:
-        self._handle.cancel()
 
 
 def _timed_out(policy: Policy) -> AttemptFailed:

@@ -1,4 +1,4 @@
-"""upstream.Deadline: asyncio.timeout's effect around one await, told apart from a
+"""gateway.deadline.Deadline: asyncio.timeout's effect around one await, told apart from a
 cancellation that came from elsewhere."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.upstream import Deadline
+from gateway.deadline import Deadline
 
 
 async def test_an_await_past_its_deadline_is_cancelled_and_the_task_is_not_left_cancelling() -> None:
