@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from gateway.config.model import Policy
 from gateway.core.cache import Entry
-from gateway.core.headers import POINTERS, hop_by_hop, into_gateway
+from gateway.core.headers import HOP_BY_HOP, POINTERS, hop_by_hop, into_gateway
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.request import RequestContext
 from gateway.taps import Tap
@@ -34,15 +34,21 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK = 64 * 1024
 
 
-def vendor_headers(policy: Policy, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    """The vendor's answer headers as they go to the caller (and into the cache): its
+def vendor_headers(
+    policy: Policy, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str] | None = None
+) -> CIMultiDict[str]:
+    """The vendor's answer headers as they go to the caller (and into the cache), added
+    to ``headers`` (an answer's own, filled before it goes out) or to new ones: its
     references to itself point into the gateway."""
-    dropped = hop_by_hop(upstream.headers.getall("Connection", ()))
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
-        if name.lower() in dropped or _CONTROL.search(value):  # unsendable: dropped
+    answer = upstream.headers
+    dropped = hop_by_hop(answer.getall("Connection")) if "Connection" in answer else HOP_BY_HOP
+    if headers is None:
+        headers = CIMultiDict()
+    for name, value in answer.items():
+        lowered = name.lower()
+        if lowered in dropped or _CONTROL.search(value):  # unsendable: dropped
             continue
-        if name.lower() in POINTERS:
+        if lowered in POINTERS:
             value = into_gateway(value, policy.upstream.origin, policy.upstream.base_path, f"/{policy.vendor}")
         headers.add(name, value)
     return headers
@@ -73,13 +79,15 @@ async def stream(
     """The vendor's answer to the caller as its bytes arrive, in one write when all of its
     body came with its head; ``tap`` sees them on the way. Nothing is retried once bytes
     went out."""
-    headers = our_headers(ctx, vendor_headers(policy, upstream))
     whole = arrived_whole(upstream)
     if whole is not None:
         upstream.release()
+        answer = web.Response(status=upstream.status, reason=upstream.reason, body=whole)
+        our_headers(ctx, vendor_headers(policy, upstream, answer.headers))  # into its own: no copy
         await tap.seen(whole, True)
-        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=whole)
-    streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        return answer
+    streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    our_headers(ctx, vendor_headers(policy, upstream, streamed.headers))
     length = upstream.content_length
     received = 0
     try:

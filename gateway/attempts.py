@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 from gateway.auth_stops import AuthStops
 from gateway.breakers import CircuitBreakers
 from gateway.budgets import Budgets
-from gateway.config.model import Policy
+from gateway.config.model import CircuitBreaker, Policy
 from gateway.core.attempts import Outcome, backoff_delay, should_retry
 from gateway.core.auth_stop import Admission as AuthAdmission
 from gateway.core.breaker import is_failure
@@ -139,11 +139,14 @@ class Attempts:
         try:
             if auth is None:
                 auth = await self.auth_stops.admit(policy)
-            probe = await self._breaker_admits(policy)
+            probe = await self._breaker_admits(policy, breaker) if breaker is not None else False
             ctx.attempts += 1
             headers = out.headers.copy()
-            query = await credential.apply(headers, out.target.query)
-            url = upstream_url(policy.upstream.origin, policy.upstream.base_path, replace(out.target, query=query))
+            target = out.target
+            query = await credential.apply(headers, target.query)
+            if query != target.query:
+                target = replace(target, query=query)
+            url = upstream_url(policy.upstream.origin, policy.upstream.base_path, target)
             started = time.monotonic()
             answer = await self.clients.send(policy, out.method, url, headers, out.body.payload())
         except (GatewayError, AttemptFailed) as exc:
@@ -165,10 +168,10 @@ class Attempts:
             head = await peek_answer(answer, size) if size else b""
             quota = is_quota_refusal(policy.signals, answer.status, head) if head else False
             await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers, head)
-        self._metrics.upstream_requests.labels(policy.vendor, out.method, outcome.label).inc()
+        self._metrics.upstream_requests_of(policy.vendor, out.method, outcome.label).inc()
         took = time.monotonic() - started
         ctx.upstream_seconds += took
-        self._metrics.upstream_duration.labels(policy.vendor).observe(took)
+        self._metrics.upstream_duration_of(policy.vendor).observe(took)
         # From its turn, not its send: a busy process may send a little after the turn.
         self._budgets.observe(policy.vendor, time.monotonic() - admitted)
         assert auth is not None  # admitted, or raised above
@@ -177,11 +180,8 @@ class Attempts:
             await self._breakers.record(policy.vendor, breaker, failed, probe)
         return Tried(answer, outcome, reason, headers, auth, quota)
 
-    async def _breaker_admits(self, policy: Policy) -> bool:
+    async def _breaker_admits(self, policy: Policy, breaker: CircuitBreaker) -> bool:
         """Whether this attempt is the half-open breaker's probe; CircuitOpen when it is open."""
-        breaker = policy.circuit_breaker
-        if breaker is None:
-            return False
         admission = await self._breakers.admit(policy.vendor, breaker)
         if not admission.allowed:
             raise CircuitOpen(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from gateway.deadline import Deadline
 from gateway.errors import BadRequest, CallerGone, PayloadTooLarge, RequestTimeout
 
 # Bodies up to this size are kept whole: attempts can be repeated and failed writes kept.
@@ -72,11 +73,20 @@ async def read_body(request: web.Request, max_body: int, stall: float) -> Reques
 
 async def next_chunk(request: web.Request, stall: float) -> bytes:
     """The next bytes of the caller's body, b"" at its end."""
+    content = request.content
     try:
-        async with asyncio.timeout(stall):
-            return await request.content.readany()
-    except TimeoutError:
-        raise RequestTimeout(f"the request body stalled: no bytes for {stall:g}s") from None
+        arrived = content.read_nowait()  # what came already (with the head, most often): no clock
+        if arrived or content.at_eof():
+            return arrived
+        deadline = Deadline(stall)
+        try:
+            return await content.readany()
+        except asyncio.CancelledError:
+            if deadline.expired():
+                raise RequestTimeout(f"the request body stalled: no bytes for {stall:g}s") from None
+            raise
+        finally:
+            deadline.stop()
     except RequestPayloadError:
         raise BadRequest("the request body is malformed (its length or chunked encoding)") from None
     except ConnectionError:

@@ -76,14 +76,19 @@ class CallerConnection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if data and not self._head_bytes and self._awaiting_head():
-            self._head_bytes = True
-            if self._head_timer is None:
-                self._start_head_clock()
-            # Public aiohttp API: stops the idle clock, which a head in progress must not
-            # be closed by; aiohttp starts it again after the answer.
-            self.keep_alive(True)
+        if not (data and not self._head_bytes and self._awaiting_head()):
+            super().data_received(data)
+            return
+        self._head_bytes = True
+        # Public aiohttp API: stops the idle clock, which a head in progress must not
+        # be closed by; aiohttp starts it again after the answer.
+        self.keep_alive(True)
         super().data_received(data)
+        waiter = self._waiter
+        if self._head_timer is None and waiter is not None and not waiter.done():
+            # The head did not come whole with its first bytes (aiohttp would have woken
+            # the connection for it): from now on it must arrive in time.
+            self._start_head_clock()
 
     def head_arrived(self) -> None:
         """A complete head (or one aiohttp refuses) was parsed: it is on time."""

@@ -1,54 +1,62 @@
-"""``log_format: json``: every line the gateway writes is one JSON object.
+"""The access log: one line per request, with what it came to (gateway.log_lines writes it).
 
-Each line has ``time`` (ISO 8601 UTC), ``level``, ``logger``, ``message``, and
-``request_id`` when the record is about a request. The access log adds what the request
-came to: vendor, caller, method, path (never the query: callers' queries carry personal
-data), status, attempts, durations, cache result, budget wait and the problem type of a
-gateway error. The dict is built only when the access logger is enabled.
+Text: peer, request line, status, bytes, seconds, request id. JSON (``log_format: json``)
+adds what the request came to: vendor, caller, method, path (never the query: callers'
+queries carry personal data), status, attempts, durations, cache result, budget wait and
+the problem type of a gateway error.
+
+When the gateway's own handler alone would see the line (as ``gateway serve`` configures
+logging), the line is made and written without a ``logging`` record: the same line, for a
+fraction of the cost. Otherwise (a test capturing logs, another handler) it goes through
+``logging`` as any record does.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+import os
+import time as clock
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.answers import GATEWAY_ERROR
+from gateway.log_lines import FIELDS, sole_line_handler
 from gateway.request import REQUEST_CONTEXT
 
-# What a request's record carries for the JSON line, under this attribute.
-FIELDS = "gateway_fields"
 
+class AccessLog(AbstractAccessLogger):
+    """One text line per request: peer, request line, status, bytes, seconds, request id.
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-        }
-        request_id = getattr(record, "request_id", None)
-        if request_id is not None:
-            line["request_id"] = request_id
-        fields = getattr(record, FIELDS, None)
-        if fields:
-            line.update(fields)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+    Built by hand: aiohttp's format-string logger costs a fifth of a proxied request.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        request_id = response.headers.get("X-Request-Id", "-")
+        version = request.version
+        direct = sole_line_handler(logger, logging.INFO)
+        if direct is None:
+            logger.info(
+                '%s "%s %s HTTP/%d.%d" %d %d %.4fs id=%s',
+                request.remote, request.method, request.raw_path, version.major, version.minor,
+                response.status, response.body_length, time, request_id,
+            )
+            return
+        message = (f'{request.remote} "{request.method} {request.raw_path} HTTP/{version.major}.{version.minor}" '
+                   f"{response.status} {response.body_length} {time:.4f}s id={request_id}")
+        direct.write(direct.lines.line(clock.time(), "INFO", logger.name, os.getpid(), message, None, None))
 
 
 class JsonAccessLog(AbstractAccessLogger):
     """The access log's JSON line: one per request, with what it came to."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
             return
         path = request.raw_path.partition("?")[0]
         fields: dict[str, Any] = {
@@ -75,5 +83,10 @@ class JsonAccessLog(AbstractAccessLogger):
         if made is not None:
             fields["error"] = made.type
         request_id = response.headers.get("X-Request-Id") or (ctx.request_id if ctx is not None else None)
-        self.logger.info("%s %s %d", request.method, path, fields["status"],
-                         extra={"request_id": request_id, FIELDS: fields})
+        direct = sole_line_handler(logger, logging.INFO)
+        if direct is None:
+            logger.info("%s %s %d", request.method, path, fields["status"],
+                        extra={"request_id": request_id, FIELDS: fields})
+            return
+        message = f"{request.method} {path} {fields['status']}"
+        direct.write(direct.lines.line(clock.time(), "INFO", logger.name, os.getpid(), message, request_id, fields))

@@ -9,6 +9,7 @@ Each app owns a registry (so tests can run several apps in one process). With
 from __future__ import annotations
 
 import os
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -17,6 +18,25 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # The *_created series double every counter's output and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """A metric's children by their label values, each looked up in prometheus_client once
+    (its ``labels`` costs more than the count it leads to). For the metrics every request
+    counts; none of them ever removes a child."""
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._known: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._known.get(values)
+        if child is None:
+            child = self._known[values] = self._metric.labels(*values)
+        return child
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -62,6 +82,10 @@ class Metrics:
             ["vendor", "reason"],
             registry=self.registry,
         )
+        self.requests_of = Children(self.requests)
+        self.request_duration_of = Children(self.request_duration)
+        self.upstream_requests_of = Children(self.upstream_requests)
+        self.upstream_duration_of = Children(self.upstream_duration)
 
         self.budget_exhausted = Counter(
             "gateway_budget_exhausted_total",
@@ -129,6 +153,7 @@ class Metrics:
             multiprocess_mode="max",
             registry=self.registry,
         )
+        self.last_success_of = Children(self.last_success)
         self.storage_fallback = Gauge(
             "gateway_storage_fallback",
             "1 while shared storage fails and budgets follow on_storage_error",

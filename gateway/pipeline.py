@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 
 import aiohttp
@@ -42,8 +41,9 @@ from gateway.core.routing import Target
 from gateway.deadletters import ERROR_EXCERPT, DeadLetters, Delivery, describe
 from gateway.errors import CallerGone, GatewayError, UnknownVendor
 from gateway.metrics import Metrics
+from gateway.request import (REQUEST_CONTEXT, RequestContext, UpstreamRequest, forward_headers, new_request_id,
+                             refuse_method, request_id, route)
 from gateway.stats import Stats
-from gateway.request import REQUEST_CONTEXT, RequestContext, UpstreamRequest, forward_headers, refuse_method, request_id, route
 from gateway.upstream import AnswerBroke, read_answer
 
 log = logging.getLogger("gateway.pipeline")
@@ -100,14 +100,14 @@ class Pipeline:
             raise
         finally:
             method = request.method if request.method in HTTP_METHODS else "OTHER"
-            self._metrics.requests.labels(ctx.vendor, method, str(status), ctx.caller).inc()
+            self._metrics.requests_of(ctx.vendor, method, str(status), ctx.caller).inc()
             if ctx.vendor != "unknown":
                 took, now = time.monotonic() - ctx.started, time.time()
-                self._metrics.request_duration.labels(ctx.vendor).observe(took)
+                self._metrics.request_duration_of(ctx.vendor).observe(took)
                 self._stats.record(ctx.vendor, status, made is not None, took, now)
                 self.answers.answered(ctx.vendor, status < 400, now)
                 if status < 400:
-                    self._metrics.last_success.labels(ctx.vendor).set(time.time())
+                    self._metrics.last_success_of(ctx.vendor).set(now)
             if ctx.cache is not None:
                 self._cache.count(ctx.vendor, ctx.cache.lower())
 
@@ -156,7 +156,7 @@ class Pipeline:
         policy = self.policies.get(entry.vendor)
         if policy is None:
             raise UnknownVendor(f"no vendor {entry.vendor!r} is configured any more")
-        ctx = RequestContext(uuid.uuid4().hex, time.monotonic(), vendor=entry.vendor, caller=entry.caller,
+        ctx = RequestContext(new_request_id(), time.monotonic(), vendor=entry.vendor, caller=entry.caller,
                              who=self.callers.named(entry.caller), max_wait=policy.when_exhausted.wait)
         headers = CIMultiDict(entry.headers)
         headers["X-Request-Id"] = ctx.request_id

@@ -23,8 +23,8 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
+from gateway import log_lines
 from gateway.config.loader import Settings, Source
 from gateway.config.problems import ConfigError
 
@@ -35,22 +35,6 @@ log = logging.getLogger("gateway")
 
 RESTART_PAUSE = 1.0
 _OPEN_FILES_UNBOUNDED = 1024 * 1024  # what "unlimited" is taken as (Linux's default nr_open)
-
-
-class AccessLog(AbstractAccessLogger):
-    """One line per request: peer, request line, status, bytes, seconds, request id.
-
-    Built by hand: aiohttp's format-string logger costs a fifth of a proxied request.
-    """
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.4fs id=%s',
-            request.remote, request.method, request.raw_path, request.version.major, request.version.minor,
-            response.status, response.body_length, time, response.headers.get("X-Request-Id", "-"),
-        )
 
 
 def is_loopback(host: str) -> bool:
@@ -141,7 +125,7 @@ async def _serve_until_signal(settings: Settings, source: Source | None, sock: s
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     supervised = sock is not None
-    from gateway.logs import JsonAccessLog
+    from gateway.logs import AccessLog, JsonAccessLog
 
     app = build_app(settings, source)
     runner = GatewayRunner(
@@ -323,23 +307,6 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-class TextFormatter(logging.Formatter):
-    """One line per record; a record about a request ends with its ``id=`` (the
-    ``X-Request-Id``), so every line of a request can be found from the caller's id."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        request_id = getattr(record, "request_id", None)
-        return line if request_id is None or " id=" in line else f"{line} id={request_id}"
-
-
 def configure_logging(log_format: str = "text") -> None:
-    """Lines on stderr: text, or one JSON object each (gateway.logs) with ``log_format: json``."""
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        from gateway.logs import JsonFormatter
-
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    """Lines on stderr: text, or one JSON object each (gateway.log_lines) with ``log_format: json``."""
+    log_lines.configure_logging(log_format, sys.stderr)

@@ -9,9 +9,9 @@ fails early is still counted.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -22,7 +22,7 @@ from gateway.body import RequestBody
 from gateway.budgets import Charged
 from gateway.callers import ANONYMOUS
 from gateway.config.model import Caller, Policy
-from gateway.core.headers import caller_only, hop_by_hop
+from gateway.core.headers import CALLER_ONLY_PREFIX, NOT_FORWARDED, not_forwarded
 from gateway.core.routing import Target, UnsafeTarget, parse_target
 from gateway.errors import BadRequest, MethodNotAllowed, UnknownVendor
 
@@ -94,16 +94,24 @@ def refuse_method(method: str, vendor: str) -> None:
 
 def request_id(request: web.BaseRequest) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new one."""
-    supplied = request.headers.get("X-Request-Id", "")
-    return supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+    supplied = request.headers.get("X-Request-Id")
+    return supplied if supplied and _REQUEST_ID.fullmatch(supplied) else new_request_id()
+
+
+def new_request_id() -> str:
+    """128 random bits as 32 hex digits (uuid4's form; an eighth of its cost)."""
+    return os.urandom(16).hex()
 
 
 def forward_headers(request: web.Request, request_id: str, body: RequestBody) -> CIMultiDict[str]:
     """The caller's headers as they go to the vendor: hop-by-hop and the caller's own dropped."""
-    dropped = hop_by_hop(request.headers.getall("Connection", ()))
-    headers = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if name.lower() not in dropped and not caller_only(name)
-    )
+    caller = request.headers
+    dropped = not_forwarded(caller.getall("Connection")) if "Connection" in caller else NOT_FORWARDED
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in caller.items():
+        lowered = name.lower()
+        if lowered not in dropped and not lowered.startswith(CALLER_ONLY_PREFIX):
+            headers.add(name, value)
     headers["X-Request-Id"] = request_id
     if not body.replayable and request.content_length is not None:
         # A streamed upload keeps its declared length instead of becoming chunked.

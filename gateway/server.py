@@ -43,29 +43,26 @@ class GatewayRunner(web.AppRunner):
 
 
 @web.middleware
-async def count_errors(
+async def edge(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """gateway_errors_total: every answer that carries an error of ours, whichever handler made it."""
-    response = await handler(request)
+    """What every answer passes (one middleware, so one more layer around every request):
+    a target that asks for a forward proxy is refused; gateway_errors_total counts every
+    answer that carries an error of ours, whichever handler made it."""
+    # An absolute-form (GET http://elsewhere/ HTTP/1.1) or authority-form (CONNECT host:443)
+    # target asks for a forward proxy; the router would not even reach the proxy with CONNECT's.
+    response: web.StreamResponse
+    if request.method == "CONNECT":
+        response = problem_response(MethodNotAllowed("CONNECT is not forwarded"), request_id(request))
+    elif not request.raw_path.startswith("/"):
+        err = BadRequest("absolute-form and authority-form request targets are not accepted")
+        response = problem_response(err, request_id(request))
+    else:
+        response = await handler(request)
     made = response.get(GATEWAY_ERROR)
     if made is not None:
         request.app[METRICS].errors.labels(made.vendor or "unknown", made.type).inc()
     return response
-
-
-@web.middleware
-async def origin_form_only(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    # An absolute-form (GET http://elsewhere/ HTTP/1.1) or authority-form (CONNECT host:443)
-    # target asks for a forward proxy; the router would not even reach the proxy with CONNECT's.
-    if request.method == "CONNECT":
-        return problem_response(MethodNotAllowed("CONNECT is not forwarded"), request_id(request))
-    if not request.raw_path.startswith("/"):
-        err = BadRequest("absolute-form and authority-form request targets are not accepted")
-        return problem_response(err, request_id(request))
-    return await handler(request)
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:

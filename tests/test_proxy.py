@@ -84,6 +84,8 @@ async def test_the_gateway_adds_no_headers_of_its_own_but_the_request_id(gateway
     client = await gateway(policy(vendor))
     await raw_request(client, b"GET /v/x HTTP/1.1\r\nHost: x\r\nX-Mine: 1\r\nConnection: close\r\n\r\n")
     assert sorted(vendor.last.headers) == ["host", "x-mine", "x-request-id"]
+    await raw_request(client, b"POST /v/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    assert sorted(vendor.last.headers) == ["content-length", "host", "x-request-id"] and vendor.last.body == b"{}"
 
 
 async def test_a_request_id_is_made_when_the_caller_sends_none(gateway, vendor):

@@ -6,6 +6,7 @@ Each dataclass has its spec beside it; the loader builds from the specs and
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,7 +330,7 @@ class Policy:
     refund_on: frozenset[int] = frozenset()  # the vendor's refusals it does not charge: their charge goes back
     source: str = ""
 
-    @property
+    @functools.cached_property
     def signals(self) -> frozenset[str]:
         """The vendor signals its budgets follow."""
         return frozenset(b.follow.signal for b in self.budgets if b.follow is not None and b.follow.signal)

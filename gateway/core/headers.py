@@ -30,13 +30,13 @@ CALLER_ONLY = frozenset(
     {"host", "content-length", "expect", "authorization", "x-gateway-key", "x-gateway-max-wait", "forwarded",
      "x-real-ip", "true-client-ip", "x-client-ip"}
 )
-_CALLER_ONLY_PREFIX = "x-forwarded-"
+CALLER_ONLY_PREFIX = "x-forwarded-"
 
 
 def caller_only(name: str) -> bool:
     """Whether a request header (any case) stays with the gateway instead of reaching the vendor."""
     lowered = name.lower()
-    return lowered in CALLER_ONLY or lowered.startswith(_CALLER_ONLY_PREFIX)
+    return lowered in CALLER_ONLY or lowered.startswith(CALLER_ONLY_PREFIX)
 
 
 def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
@@ -47,7 +47,17 @@ def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
         for token in value.split(",")
         if token.strip()
     }
-    return HOP_BY_HOP | named
+    return HOP_BY_HOP | named if named else HOP_BY_HOP
+
+
+# The caller's request headers that never reach the vendor, lowercased, when its request
+# has no Connection header: hop-by-hop and caller_only (but for CALLER_ONLY_PREFIX).
+NOT_FORWARDED = HOP_BY_HOP | CALLER_ONLY
+
+
+def not_forwarded(connection_values: Iterable[str]) -> frozenset[str]:
+    """NOT_FORWARDED and the names a caller's ``Connection`` header lists."""
+    return hop_by_hop(connection_values) | CALLER_ONLY
 
 
 _LONGEST = 1e9  # seconds: a longer Retry-After (up to infinity, as a float) is read as this

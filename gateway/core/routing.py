@@ -10,12 +10,15 @@ origin's authority and a path that begins with ``/``, it can never be read as us
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from gateway.config.paths import VENDOR_NAME
 
 _MAX_DECODES = 3
+_NOT_ASCII = re.compile(r"[^\x00-\x7e]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UnsafeTarget(ValueError):
@@ -49,11 +52,13 @@ def parse_target(raw_target: str) -> Target | None:
 
 def check_path(raw_path: str) -> None:
     """Refuse traversal, empty segments, backslashes and control characters."""
-    if any(ord(c) > 0x7E for c in raw_path):
+    if _NOT_ASCII.search(raw_path):
         raise UnsafeTarget("path must be ASCII (percent-encode other characters)")
     text = raw_path
     for _ in range(_MAX_DECODES + 1):
         _check_form(text)
+        if "%" not in text:  # nothing to decode
+            return
         decoded = unquote_to_bytes(text.encode("latin-1")).decode("latin-1")
         if decoded == text:
             return
@@ -62,13 +67,13 @@ def check_path(raw_path: str) -> None:
 
 
 def _check_form(text: str) -> None:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         raise UnsafeTarget("path must not contain control characters")
     if "\\" in text:
         raise UnsafeTarget("path must not contain backslashes")
     if "//" in text:
         raise UnsafeTarget("path must not contain empty segments ('//')")
-    if any(segment == ".." for segment in text.split("/")):
+    if ".." in text and any(segment == ".." for segment in text.split("/")):
         raise UnsafeTarget("path must not contain '..' segments")
 
 
