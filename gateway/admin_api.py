@@ -25,8 +25,8 @@ from gateway.errors import (
     GatewayError,
     InvalidConfig,
     NotFound,
-    ServiceUnavailable,
     StorageError,
+    StorageUnavailable,
     Unauthenticated,
 )
 from gateway.answers import problem_response
@@ -54,7 +54,7 @@ def _admin(handler: Handler) -> Handler:
                 raise Unauthenticated("send the admin key as X-Gateway-Admin-Key: KEY")
             return await handler(request)
         except StorageError as exc:
-            return problem_response(ServiceUnavailable(f"storage failed: {exc}"), uuid.uuid4().hex)
+            return problem_response(StorageUnavailable(f"storage failed: {exc}"), uuid.uuid4().hex)
         except GatewayError as err:
             return problem_response(err, uuid.uuid4().hex)
 

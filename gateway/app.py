@@ -153,9 +153,7 @@ class _Wiring:
         self.auth_stops.refresh_gauges()
         attempts = Attempts(clients, credentials, self.breakers, self.auth_stops, self.budgets, self.metrics)
         pipeline = Pipeline(settings, attempts, self.cache, dead_letters, self.metrics, self.answers, self.stats)
-        for vendor, policy in settings.policies.items():
-            if policy.dead_letter:
-                await dead_letters.count(vendor)
+        await dead_letters.count_every()
         for provider in started:
             provider.start()
         return Snapshot(settings, pipeline, tokens, clients, dead_letters, time.time())

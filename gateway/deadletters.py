@@ -151,6 +151,18 @@ class DeadLetters:
         """Call ``listener(vendor, count kept)`` after each dead letter kept."""
         self._listeners.append(listener)
 
+    async def count_every(self) -> None:
+        """Count what storage holds for every vendor that keeps dead letters: what another
+        process kept or replayed shows in this one's metrics too (a failing storage is
+        told elsewhere; the counts stay as they were)."""
+        for vendor, policy in self._policies.items():
+            if policy.dead_letter:
+                try:
+                    kept = await self.storage.count_dead_letters(vendor)
+                except StorageError:
+                    return
+                self._metrics.dead_letters.labels(vendor).set(kept)
+
     async def count(self, vendor: str) -> int | None:
         try:
             kept = await self.storage.count_dead_letters(vendor)

@@ -16,10 +16,11 @@ The hierarchy::
     ├── BudgetExhausted               429 budget-exhausted: a budget cannot admit in time
     ├── CallerGone                    499 caller-gone: the caller left before its answer was out
     ├── UpstreamUnavailable           502 upstream-unavailable: connection failed, answer broken
-    ├── ServiceUnavailable            503 (base of the three below; admin storage failures)
+    ├── ServiceUnavailable            503 (base of the four below)
     │   ├── CircuitOpen               503 circuit-open
     │   ├── CredentialsUnavailable    503 credentials-unavailable
-    │   └── StorageUnavailable        503 storage-unavailable (on_storage_error: reject)
+    │   ├── CredentialsRejected       503 credentials-rejected
+    │   └── StorageUnavailable        503 storage-unavailable (on_storage_error: reject; the admin API)
     └── UpstreamTimeout               504 upstream-timeout
 
     ConfigError                       invalid configuration; carries every Problem found
@@ -211,7 +212,7 @@ class CredentialsRejected(ServiceUnavailable):
 
 class StorageUnavailable(ServiceUnavailable):
     type = "storage-unavailable"
-    title = "Budget storage unavailable"
+    title = "Storage unavailable"
 
 
 class UpstreamTimeout(GatewayError):

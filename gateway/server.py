@@ -98,6 +98,7 @@ def _refreshed(request: web.Request) -> Metrics:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    await request.app[LIVE].current.dead_letters.count_every()
     return web.Response(
         body=_refreshed(request).render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -110,3 +110,19 @@ async def test_a_bulk_replay_needs_the_admin_key(gateway, vendor):
     unset = await gateway({"vendor": "v", "upstream": vendor.url, "dead_letter": True})
     response = await unset.post("/_gateway/dead-letters/replay", json={}, headers=ADMIN)
     assert response.status == 403 and (await response.json())["type"] == "forbidden"
+
+
+async def test_every_process_on_one_storage_counts_the_dead_letters_another_kept_or_replayed(gateway, vendor,
+                                                                                             redis_server):
+    def counted(text):
+        return next(line for line in text.splitlines() if line.startswith('gateway_dead_letters{vendor="v"}'))
+
+    policy = {"vendor": "v", "upstream": vendor.url, "dead_letter": True}
+    config = {"admin_key": "${ADMIN}", "storage": redis_server.url}
+    a, b = [await gateway(policy, config=config, env=ENV) for _ in range(2)]
+    await kept(a, vendor, (500, "/a"), (500, "/b"))
+    assert counted(await (await b.get("/metrics")).text()).endswith(" 2.0")
+    vendor.script(200, 200)
+    assert await (await b.post("/_gateway/dead-letters/replay", json={}, headers=ADMIN)).json() == {
+        "delivered": 2, "failed": 0}
+    assert counted(await (await a.get("/metrics")).text()).endswith(" 0.0")

@@ -9,6 +9,8 @@ import time
 import urllib.request
 from typing import Any
 
+import pytest
+
 from aiohttp import web
 
 from gateway.core.budget import BUCKET, FIXED, ROLLING
@@ -105,7 +107,7 @@ def test_json_logs_one_object_a_line_and_no_secret(gateway_process, tmp_path) ->
 
 async def test_last_success_and_budget_forecast(gateway, vendor) -> None:
     policy = {"vendor": "shop", "upstream": vendor.url,
-              "budgets": [{"name": "daily", "limit": 100, "per": "1d", "window": "fixed"},
+              "budgets": [{"name": "daily", "limit": 8, "per": "1d", "window": "rolling"},
                           {"name": "burst", "limit": 10, "per": "1s"}]}
     client = await gateway(policy)
     before = time.time()
@@ -119,7 +121,8 @@ async def test_last_success_and_budget_forecast(gateway, vendor) -> None:
     assert len(exhaustion) == 1 and 'budget="daily"' in exhaustion[0]  # a bucket refills: no forecast
     status = await (await client.get("/_gateway/status")).json()
     budgets = {b["name"]: b for b in status["vendors"]["shop"]["budgets"]}
-    assert 0 < budgets["daily"]["exhausts_in"] < 3600
+    # 5 in the last hour: the 3 left last 36 minutes at that rate.
+    assert budgets["daily"]["exhausts_in"] == pytest.approx(3 * 3600 / 5, rel=0.01)
     assert budgets["burst"]["exhausts_in"] is None
 
 
@@ -197,6 +200,10 @@ def test_forecast_from_the_last_hour() -> None:
     assert exhausts_in(ROLLING, 100_000, 86400, 500, 60, rate) is None  # never holds the limit at this rate
     assert exhausts_in(ROLLING, 1000, 86400, 500, 60, rate) == 500 / rate
     assert spent.rate(20_000.0) == 0.0
+    burst = Consumption()
+    for second in range(12):  # a process's first burst is no hourly rate of 720
+        burst.add(1, 50_000.0 + second)
+    assert burst.rate(50_060.0) == 12 / 3600
 
 
 def test_success_rate_from_the_process_counts() -> None:

@@ -205,7 +205,7 @@ async def exported(gateway: Any, vendor: Any, aiohttp_server: Any) -> str:
     shop = {
         "vendor": "shop",
         "upstream": vendor.url,
-        "budgets": [{"name": "daily", "limit": 1000, "per": "1d", "window": "rolling"},
+        "budgets": [{"name": "daily", "limit": 20, "per": "1d", "window": "rolling"},
                     {"name": "search", "match": {"path": "/search"}, "limit": 1, "per": "1h"}],
         "retry": {"attempts": 2, "on": [503], "backoff": {"initial": 0, "jitter": 0}},
         "circuit_breaker": {"failure_ratio": 0.5, "window": "1m", "min_calls": 100, "open_for": "1s"},

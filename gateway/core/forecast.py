@@ -29,13 +29,11 @@ class Consumption:
         self._forget(now)
 
     def rate(self, now: float) -> float:
-        """Units a second over the last hour, or over the span seen when that is shorter
-        (at least a minute: one burst is not a rate)."""
+        """Units a second over the last hour. A process up for less than an hour knows
+        less than the hour's units: it forecasts late rather than alarm at its first
+        burst (twelve calls in its first minute are not a rate of 720 an hour)."""
         self._forget(now)
-        if not self._minutes:
-            return 0.0
-        span = min(HOUR, max(MINUTE, now - self._minutes[0][0]))
-        return self._total / span
+        return self._total / HOUR
 
     def _forget(self, now: float) -> None:
         while self._minutes and self._minutes[0][0] <= now - HOUR:
