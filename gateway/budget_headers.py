@@ -16,6 +16,8 @@ from gateway.errors import BadRequest
 
 # Vendor answers said to wait longer than this are taken to say this (a day).
 MAX_PAUSE = 86400.0
+# The statuses whose Retry-After pauses a budget.
+PAUSING = (429, 503)
 
 
 def vendor_said(budget: Budget, window: BudgetWindow, status: int, retry_after: float | None, headers: Headers,
@@ -23,7 +25,7 @@ def vendor_said(budget: Budget, window: BudgetWindow, status: int, retry_after: 
     """What the vendor's answer (its status, headers and the first bytes of its body) says
     of one budget: a 429 or 503 with Retry-After pauses it; what its ``follow`` reads."""
     readings = []
-    if retry_after is not None and status in (429, 503):
+    if retry_after is not None and status in PAUSING:
         readings.append(Reading(pause=min(retry_after, MAX_PAUSE)))
     if budget.follow is not None:
         readings.append(read_follow(budget.follow, status, headers, head, now, window))
