@@ -112,6 +112,7 @@ class Budgets:
         self._made: dict[tuple[int, str, bool], tuple[Budget, Charge]] = {}
         self._remaining = Children(metrics.budget_remaining)
         self._exhausted_of = Children(metrics.budget_exhausted)
+        self._wait_of = Children(metrics.budget_wait)
         storage.health.watch(self._storage_changed)
 
     def follow(self, config: Config) -> None:
@@ -231,7 +232,7 @@ class Budgets:
             if not any(self._pauses.get((vendor, c.key), 0.0) > now for c in charged.charges):
                 break
             await self.refund(vendor, charged)
-        self._metrics.budget_wait.labels(vendor).observe(time.time() - started if waited else 0.0)
+        self._wait_of(vendor).observe(time.time() - started if waited else 0.0)
         self.forecasts.charged(vendor, charged.budgets, charged.charges, charged.levels)
         if waited:  # the levels read when it queued are old news: read them as it goes
             now_levels = await self._peek(vendor, charged)

@@ -130,6 +130,7 @@ class RedisStorage:
         self._full_view_at: dict[str, float] = {}  # per vendor (monotonic): when to ask for every count
         # Per vendor, per id of a charge: it, its key and its fields, as the wire sends them.
         self._packed: dict[str, dict[int, tuple[Charge, str, str]]] = {}
+        self._epoch_keys: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, clock: Callable[[], float] | None = None) -> RedisStorage:
@@ -289,7 +290,7 @@ class RedisStorage:
         every = op == "restore" or time.monotonic() >= self._full_view_at.get(vendor, 0.0)
         if every:  # one call a second asks, not every call until one has the answer
             self._full_view_at[vendor] = time.monotonic() + FULL_VIEW
-        head = [op, self._now(), repr(arg), self._epochs.get(vendor, ""), new_epoch, "1" if every else "0"]
+        head = (op, self._now(), repr(arg), self._epochs.get(vendor, ""), new_epoch, "1" if every else "0")
         with self.health.attempt():  # (``_guarded``'s work, inline)
             try:
                 if self._wire is not None:
@@ -297,12 +298,13 @@ class RedisStorage:
                     body = self._budget_body(vendor, head, charges, fields)
                     return await self._wire.script(self._budget.script, self._budget.sha, count, body), every
                 keys = [key(vendor, f"budget:{c.key}") for c in charges] + [key(vendor, "budget-epoch")]
-                args = head + [a for c, extra in zip(charges, fields) for a in (*_charge_args(c), *extra)]
+                args = [*head, *(a for c, extra in zip(charges, fields) for a in (*_charge_args(c), *extra))]
                 return await self._budget(keys=keys, args=args), every
             except (RedisError, OSError) as exc:
                 raise _failed("budget", exc) from None
 
-    def _budget_body(self, vendor: str, head: list[str], charges: Sequence[Charge], fields: Sequence[list[str]]) -> bytes:
+    def _budget_body(self, vendor: str, head: tuple[str, ...], charges: Sequence[Charge],
+                     fields: Sequence[list[str]]) -> bytes:
         """The budget script's keys and arguments for the wire, each charge's packed once."""
         packed = self._packed.get(vendor)
         if packed is None or len(packed) >= PACKED_MAX:
@@ -313,11 +315,19 @@ class RedisStorage:
             if seen is None or seen[0] is not c:
                 seen = packed[id(c)] = (c, bulk(key(vendor, f"budget:{c.key}")), "".join(map(bulk, _charge_args(c))))
             known.append(seen)
-        parts = [bulk(str(len(charges) + 1)), *(k for _, k, _ in known), bulk(key(vendor, "budget-epoch")),
-                 *map(bulk, head)]
+        op, now, arg, epoch, new_epoch, every = head  # ASCII
+        parts = [bulk(str(len(charges) + 1)), *(k for _, k, _ in known), self._epoch_key(vendor),
+                 f"${len(op)}\r\n{op}\r\n${len(now)}\r\n{now}\r\n${len(arg)}\r\n{arg}\r\n${len(epoch)}\r\n{epoch}"
+                 f"\r\n${len(new_epoch)}\r\n{new_epoch}\r\n$1\r\n{every}\r\n"]
         for (_, _, charge_args), extra in zip(known, fields):
             parts += (charge_args, NOTHING_PACKED if extra is NOTHING_SAID else "".join(map(bulk, extra)))
         return "".join(parts).encode()
+
+    def _epoch_key(self, vendor: str) -> str:
+        packed = self._epoch_keys.get(vendor)
+        if packed is None:
+            packed = self._epoch_keys[vendor] = bulk(key(vendor, "budget-epoch"))
+        return packed
 
     def _verdict(self, vendor: str, charges: Sequence[Charge], reply: Any, every: bool) -> Verdict:
         """A budget reply as a Verdict; what it shows of each budget is remembered."""
