@@ -79,11 +79,22 @@ class BudgetFallback:
                         await self._hand_over(vendor)
             result = await call(self._storage, charges)
         except StorageError:
-            pass
-        else:
-            for charge, lv in zip(charges, result.levels):
-                self._last[(vendor, charge.key)] = lv
-            return result, False
+            return await self.failed(vendor, call, charges)
+        self.seen(vendor, charges, result.levels)
+        return result, False
+
+    def pending(self, vendor: str) -> bool:
+        """Whether the fallback admitted what shared storage has not heard of yet: a call
+        then goes through ``run``, which hands that over first."""
+        return vendor in self._unseen
+
+    def seen(self, vendor: str, charges: Sequence[Charge], levels: Sequence[Level]) -> None:
+        """Shared storage answered a call with these levels."""
+        for charge, lv in zip(charges, levels):
+            self._last[(vendor, charge.key)] = lv
+
+    async def failed(self, vendor: str, call: BudgetCall, charges: Sequence[Charge]) -> tuple[Verdict | None, bool]:
+        """Shared storage failed the call: what ``on_storage_error`` makes of it (see ``run``)."""
         if self._on_error == "reject":
             raise StorageUnavailable("budget storage is unavailable", retry_after=RETRY)
         if self._on_error == "allow":

@@ -16,6 +16,8 @@ from gateway.errors import BadRequest
 
 # Vendor answers said to wait longer than this are taken to say this (a day).
 MAX_PAUSE = 86400.0
+# The statuses whose Retry-After pauses a budget.
+PAUSING = (429, 503)
 
 
 def vendor_said(budget: Budget, window: BudgetWindow, status: int, retry_after: float | None, headers: Headers,
@@ -23,7 +25,7 @@ def vendor_said(budget: Budget, window: BudgetWindow, status: int, retry_after: 
     """What the vendor's answer (its status, headers and the first bytes of its body) says
     of one budget: a 429 or 503 with Retry-After pauses it; what its ``follow`` reads."""
     readings = []
-    if retry_after is not None and status in (429, 503):
+    if retry_after is not None and status in PAUSING:
         readings.append(Reading(pause=min(retry_after, MAX_PAUSE)))
     if budget.follow is not None:
         readings.append(read_follow(budget.follow, status, headers, head, now, window))
@@ -70,17 +72,48 @@ def rate_limit_headers(budgets: Sequence[Budget], levels: Sequence[Level]) -> di
     one with the fewest requests left). A paused budget has none left until its pause ends
     (``t`` is the pause left, not the window's reset). Shadow budgets are not shown:
     callers would pace themselves on a limit the gateway does not apply."""
-    shown = [(b, *_usable(lv)) for b, lv in zip(budgets, levels) if not b.shadow]
-    if not shown:
+    shown = _shown(budgets)
+    usable = [_usable(levels[i]) for i in shown.indexes if i < len(levels)]  # (no levels: storage said none)
+    if not usable:
         return {}
-    tight, left, reset = min(shown, key=lambda item: (item[1] // item[0].cost, -item[2]))
+    if len(usable) == 1:
+        at = 0
+    else:
+        at = min(range(len(usable)), key=lambda n: (usable[n][0] // shown.budgets[n].cost, -usable[n][1]))
     return {
-        "RateLimit-Policy": ", ".join(f'"{b.name}";q={b.limit};w={math.ceil(b.per)}' for b, _, _ in shown),
-        "RateLimit": ", ".join(f'"{b.name}";r={r};t={t}' for b, r, t in shown),
-        "RateLimit-Limit": str(tight.limit),
-        "RateLimit-Remaining": str(left),
-        "RateLimit-Reset": str(reset),
+        "RateLimit-Policy": shown.policy,
+        "RateLimit": ", ".join(f"{name}r={r};t={t}" for name, (r, t) in zip(shown.names, usable)),
+        "RateLimit-Limit": shown.limits[at],
+        "RateLimit-Remaining": str(usable[at][0]),
+        "RateLimit-Reset": str(usable[at][1]),
     }
+
+
+class _Shown:
+    """What the RateLimit headers say of a policy's budgets that does not change: the
+    budgets shown, and their parts of the headers."""
+
+    def __init__(self, budgets: Sequence[Budget]) -> None:
+        self.all = budgets
+        self.indexes = [i for i, b in enumerate(budgets) if not b.shadow]
+        self.budgets = [budgets[i] for i in self.indexes]
+        self.policy = ", ".join(f'"{b.name}";q={b.limit};w={math.ceil(b.per)}' for b in self.budgets)
+        self.names = [f'"{b.name}";' for b in self.budgets]
+        self.limits = [str(b.limit) for b in self.budgets]
+
+
+# Per id of the budgets of a charge (most often a policy's own tuple): what they show.
+_SHOWN: dict[int, _Shown] = {}
+SHOWN_MAX = 1024
+
+
+def _shown(budgets: Sequence[Budget]) -> _Shown:
+    shown = _SHOWN.get(id(budgets))
+    if shown is None or shown.all is not budgets:  # held here: the id is no other's meanwhile
+        if len(_SHOWN) >= SHOWN_MAX:
+            _SHOWN.clear()
+        shown = _SHOWN[id(budgets)] = _Shown(budgets)
+    return shown
 
 
 def _usable(level: Level) -> tuple[int, int]:

@@ -49,9 +49,9 @@ class BudgetForecasts:
         """A request was admitted with these charges and left the budgets at these levels."""
         now = time.time() if now is None else now
         for budget, charge, level in zip(budgets, charges, levels):
-            forecast = self._of(vendor, budget, charge.kind)
-            if forecast.kind == BUCKET:
+            if charge.kind == BUCKET:
                 continue
+            forecast = self._of(vendor, budget, charge.kind)
             spent = forecast.keys.setdefault(charge.key, _Spent())
             spent.consumption.add(charge.cost, now)
             spent.level, spent.seen_at = level, now

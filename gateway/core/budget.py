@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 BUCKET = "bucket"
@@ -97,15 +98,13 @@ def _whole(value: object) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class Level:
+class Level(NamedTuple):  # a tuple, not a frozen dataclass: one or more on every request, cheaper to make
     remaining: int  # whole units left now (a pause spends none of them)
     reset: float  # seconds until the budget is whole again (quotas: until the window moves)
     paused_for: float = 0.0  # seconds until a vendor's pause ends: nothing goes before
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     admitted: bool
     wait: float  # seconds from now until the request goes (admitted) or could go (refused)
     blocking: int  # index of the charge that decides the wait, -1 when nothing waits

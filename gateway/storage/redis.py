@@ -40,7 +40,7 @@ from gateway.core.budget import EPSILON, Adjustment, BudgetState, Charge, Level,
 from gateway.core.dead_letter import DeadLetter
 from gateway.errors import StorageError
 from gateway.storage.health import StorageHealth
-from gateway.storage.redis_wire import Arg, ScriptWire
+from gateway.storage.redis_wire import Arg, ScriptWire, bulk
 from gateway.storage.redis_stats import queue_add, queue_read
 from gateway.storage.stores import StatsRead
 
@@ -51,6 +51,9 @@ TIMEOUT = 0.25
 # what a process would put back after a restart is then at most this old.
 FULL_VIEW = 1.0
 NOTHING_SAID = ["", "", "", "", ""]  # a budget call's adjustment and restore fields, for no adjustment
+CHARGE_FIELDS = 10  # per budget in a budget call, before its adjustment and restore fields
+NOTHING_PACKED = "".join(map(bulk, NOTHING_SAID))
+PACKED_MAX = 4096  # charges kept packed per vendor, before they are packed afresh
 LEVEL_FIELDS = 8  # per key in a budget reply: remaining, reset, paused_for, exceeded, tat, paused, used, counts
 
 
@@ -125,6 +128,9 @@ class RedisStorage:
         self._views: dict[str, dict[str, _View]] = {}  # per vendor, per budget key
         self._restoring: dict[str, asyncio.Lock] = {}
         self._full_view_at: dict[str, float] = {}  # per vendor (monotonic): when to ask for every count
+        # Per vendor, per id of a charge: it, its key and its fields, as the wire sends them.
+        self._packed: dict[str, dict[int, tuple[Charge, str, str]]] = {}
+        self._epoch_keys: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, clock: Callable[[], float] | None = None) -> RedisStorage:
@@ -151,15 +157,15 @@ class RedisStorage:
         except (RedisError, RedisClusterException, OSError) as exc:  # the latter is no RedisError
             raise StorageError(f"redis {what} failed: {type(exc).__name__}") from None
 
-    async def _guarded(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """A call that has a fallback: through ``health``, so that while Redis fails it
+    async def _guarded(self, what: str, script: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """A script call that has a fallback: through ``health``, so that while Redis fails it
         fails at once, without a round trip (but for the probe). (``_call``'s work, inline:
         one coroutine less on every request's way.)"""
         with self.health.attempt():
             try:
-                return await operation()
+                return await self._run(script, keys, args)
             except (RedisError, OSError) as exc:
-                raise StorageError(f"redis {what} failed: {type(exc).__name__}") from None
+                raise _failed(what, exc) from None
 
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Arg]) -> Awaitable[Any]:
         """A Lua script's call, EVALSHA (EVAL if Redis does not know the script)."""
@@ -201,9 +207,7 @@ class RedisStorage:
         """One breaker step (breaker.lua)."""
         args: list[str | float] = [op, self._now(), config.window, config.min_calls, config.failure_ratio,
                 config.open_for, int(failure), int(probe)]
-        allowed, is_probe, retry_after, state = await self._guarded(
-            "breaker", lambda: self._run(self._breaker, [key(vendor, "breaker")], args)
-        )
+        allowed, is_probe, retry_after, state = await self._guarded("breaker", self._breaker, [key(vendor, "breaker")], args)
         return Admission(bool(allowed), bool(is_probe), float(retry_after), int(state))
 
     async def auth_stop_peek(self, vendor: str) -> Standing:
@@ -231,9 +235,7 @@ class RedisStorage:
         """One step of the vendor's auth stop (auth_stop.lua)."""
         args: list[str | float] = [op, self._now(), config.after, config.probe_every,
                                    int(refused), int(probe)]
-        return await self._guarded(
-            "auth stop", lambda: self._run(self._auth_stop, [key(vendor, "auth_stop")], args)
-        )
+        return await self._guarded("auth stop", self._auth_stop, [key(vendor, "auth_stop")], args)
 
     def charge_budgets(self, vendor: str, charges: Sequence[Charge], max_wait: float) -> Coroutine[Any, Any, Verdict]:
         return self._budget_call(vendor, "charge", charges, arg=max_wait)  # one coroutine less per request
@@ -288,14 +290,44 @@ class RedisStorage:
         every = op == "restore" or time.monotonic() >= self._full_view_at.get(vendor, 0.0)
         if every:  # one call a second asks, not every call until one has the answer
             self._full_view_at[vendor] = time.monotonic() + FULL_VIEW
-        args: list[str | int] = [
-            op, self._now(), repr(arg), self._epochs.get(vendor, ""), new_epoch, int(every)
-        ]
-        for c, extra in zip(charges, fields):
-            args += [c.kind, repr(c.limit), repr(c.per), c.cost, repr(c.held), int(c.shadow), *map(repr, c.window),
-                     repr(c.margin), *extra]
-        keys = [key(vendor, f"budget:{c.key}") for c in charges] + [key(vendor, "budget-epoch")]
-        return await self._guarded("budget", lambda: self._run(self._budget, keys, args)), every
+        head = (op, self._now(), repr(arg), self._epochs.get(vendor, ""), new_epoch, "1" if every else "0")
+        with self.health.attempt():  # (``_guarded``'s work, inline)
+            try:
+                if self._wire is not None:
+                    count = 8 + len(charges) * (1 + CHARGE_FIELDS + len(NOTHING_SAID))
+                    body = self._budget_body(vendor, head, charges, fields)
+                    return await self._wire.script(self._budget.script, self._budget.sha, count, body), every
+                keys = [key(vendor, f"budget:{c.key}") for c in charges] + [key(vendor, "budget-epoch")]
+                args = [*head, *(a for c, extra in zip(charges, fields) for a in (*_charge_args(c), *extra))]
+                return await self._budget(keys=keys, args=args), every
+            except (RedisError, OSError) as exc:
+                raise _failed("budget", exc) from None
+
+    def _budget_body(self, vendor: str, head: tuple[str, ...], charges: Sequence[Charge],
+                     fields: Sequence[list[str]]) -> bytes:
+        """The budget script's keys and arguments for the wire, each charge's packed once."""
+        packed = self._packed.get(vendor)
+        if packed is None or len(packed) >= PACKED_MAX:
+            packed = self._packed[vendor] = {}
+        known = []
+        for c in charges:
+            seen = packed.get(id(c))  # the charge is held here: its id is no other's meanwhile
+            if seen is None or seen[0] is not c:
+                seen = packed[id(c)] = (c, bulk(key(vendor, f"budget:{c.key}")), "".join(map(bulk, _charge_args(c))))
+            known.append(seen)
+        op, now, arg, epoch, new_epoch, every = head  # ASCII
+        parts = [bulk(str(len(charges) + 1)), *(k for _, k, _ in known), self._epoch_key(vendor),
+                 f"${len(op)}\r\n{op}\r\n${len(now)}\r\n{now}\r\n${len(arg)}\r\n{arg}\r\n${len(epoch)}\r\n{epoch}"
+                 f"\r\n${len(new_epoch)}\r\n{new_epoch}\r\n$1\r\n{every}\r\n"]
+        for (_, _, charge_args), extra in zip(known, fields):
+            parts += (charge_args, NOTHING_PACKED if extra is NOTHING_SAID else "".join(map(bulk, extra)))
+        return "".join(parts).encode()
+
+    def _epoch_key(self, vendor: str) -> str:
+        packed = self._epoch_keys.get(vendor)
+        if packed is None:
+            packed = self._epoch_keys[vendor] = bulk(key(vendor, "budget-epoch"))
+        return packed
 
     def _verdict(self, vendor: str, charges: Sequence[Charge], reply: Any, every: bool) -> Verdict:
         """A budget reply as a Verdict; what it shows of each budget is remembered."""
@@ -434,6 +466,16 @@ class RedisStorage:
         if self._wire is not None:
             self._wire.close()
         await self.client.aclose()
+
+
+def _charge_args(c: Charge) -> list[str]:
+    """A charge as the budget script reads it (its CHARGE_FIELDS, before the call's own)."""
+    return [c.kind, repr(c.limit), repr(c.per), str(c.cost), repr(c.held), "1" if c.shadow else "0",
+            *map(repr, c.window), repr(c.margin)]
+
+
+def _failed(what: str, exc: BaseException) -> StorageError:
+    return StorageError(f"redis {what} failed: {type(exc).__name__}")
 
 
 def _adjustment_fields(said: Adjustment) -> list[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -37,6 +37,11 @@ PACKED_MAX = 4096
 
 def pack(*parts: Arg) -> bytes:
     """A command in Redis's protocol (RESP), each part a bulk string."""
+    return b"*%d\r\n%b" % (len(parts), bulks(parts))
+
+
+def bulks(parts: Sequence[Arg]) -> bytes:
+    """Parts as RESP bulk strings, one after the other (a command's, without its count)."""
     texts = []
     for part in parts:  # most often all text in ASCII: sized and encoded at once
         if type(part) is str:
@@ -53,11 +58,16 @@ def pack(*parts: Arg) -> bytes:
             text = str(part)
             packed = f"${len(text)}\r\n{text}\r\n"
         texts.append(packed)
-    return f"*{len(parts)}\r\n{''.join(texts)}".encode()
+    return "".join(texts).encode()
+
+
+def bulk(text: str) -> str:
+    """One text as a RESP bulk string, to be encoded (UTF-8) with the rest of its command."""
+    return f"${len(text) if text.isascii() else len(text.encode())}\r\n{text}\r\n"
 
 
 def _pack_bytes(parts: Sequence[Arg]) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
+    out = []
     for part in parts:
         raw = part if isinstance(part, bytes) else str(part).encode()
         out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
@@ -249,8 +259,13 @@ class ScriptWire:
         """Whether this client can take a storage URL's script calls (plain TCP, one node)."""
         return not cluster and urlsplit(url).scheme == "redis"
 
-    async def evalsha(self, source: str, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        command = pack("EVALSHA", sha, len(keys), *keys, *args)
+    def evalsha(self, source: str, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Awaitable[Any]:
+        return self.script(source, sha, 1 + len(keys) + len(args), bulks([len(keys), *keys, *args]))
+
+    async def script(self, source: str, sha: str, count: int, body: bytes) -> Any:
+        """EVALSHA (EVAL if Redis does not know the script) of ``body``: the ``count`` bulk
+        strings after the script's hash (its number of keys, keys and arguments)."""
+        command = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n%b" % (count + 2, sha.encode(), body)
         connection = self._connection
         if connection is None or connection.gone is not None or self._loop is not asyncio.get_running_loop():
             connection = await self._connect()
@@ -261,9 +276,9 @@ class ScriptWire:
             try:
                 return await connection.call(command)
             except NoScriptError:  # a Redis restarted empty
-                return await connection.call(pack("EVAL", source, len(keys), *keys, *args))
+                return await connection.call(_eval(source, count, body))
         except NoScriptError:
-            return await self._send(pack("EVAL", source, len(keys), *keys, *args))
+            return await self._send(_eval(source, count, body))
 
     async def _send(self, command: bytes) -> Any:
         connection = self._connection
@@ -303,6 +318,11 @@ class ScriptWire:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _eval(source: str, count: int, body: bytes) -> bytes:
+    raw = source.encode()
+    return b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%b\r\n%b" % (count + 2, len(raw), raw, body)
 
 
 def script_sha(source: str) -> str:
