@@ -84,7 +84,8 @@ async def stream(
         upstream.release()
         answer = web.Response(status=upstream.status, reason=upstream.reason, body=whole)
         our_headers(ctx, vendor_headers(policy, upstream, answer.headers))  # into its own: no copy
-        await tap.seen(whole, True)
+        if tap.watching:
+            await tap.seen(whole, True)
         return answer
     streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     our_headers(ctx, vendor_headers(policy, upstream, streamed.headers))
@@ -96,15 +97,17 @@ async def stream(
         async for chunk in upstream.content.iter_chunked(_CHUNK):
             received += len(chunk)
             ended = received == length
-            await tap.seen(chunk, ended)
+            if tap.watching:
+                await tap.seen(chunk, ended)
             await streamed.write(chunk)
-        if not ended:
+        if not ended and tap.watching:
             await tap.seen(b"", True)
         await streamed.write_eof()
     except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
         if ctx.gone():
             ctx.left = True
-            await tap.left()
+            if tap.watching:
+                await tap.left()
         else:
             # Headers are gone already: all we can do is cut the caller's connection so a
             # truncated body is seen as one (missing bytes or missing last chunk).
@@ -118,7 +121,8 @@ async def stream(
                 request.transport.close()
     except asyncio.CancelledError:
         # A server that cancels the handler of a caller that left: a kept write is kept still.
-        await asyncio.shield(tap.left())
+        if tap.watching:
+            await asyncio.shield(tap.left())
         raise
     finally:
         upstream.close()

@@ -131,7 +131,8 @@ class Pipeline:
             if lookup is not None:                                                       # 3. cache
                 return await self._caching.answer(ctx, request, policy, out, lookup)
             upstream = await self.send(ctx, policy, out)                                 # 4. attempts
-            await self._cache.written(policy, out.method, target.path, upstream.status, ctx.request_id)
+            if policy.cache:  # no rules, nothing a write could outdate
+                await self._cache.written(policy, out.method, target.path, upstream.status, ctx.request_id)
             tap = self._dead_letters.tap(ctx, policy, out, upstream.status)              # 5. store
             return await stream(ctx, request, policy, upstream, tap)                     # 6. answer
         except GatewayError as err:
