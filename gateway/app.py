@@ -88,8 +88,9 @@ def build_app(settings: Settings, source: Source | None = None) -> web.Applicati
     app.router.add_get("/_gateway", to_console)
     app.router.add_get("/_gateway/", readers_only(console, console_without_key))
     app.router.add_get(ASSET_ROUTE, console_asset)
-    # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", server.proxy)
+    catch_all = server.ProxyRoute()
+    app.router.register_resource(catch_all)
+    catch_all.add_route("*", server.proxy)
     return app
 
 

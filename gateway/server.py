@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import DynamicResource, UrlMappingMatchInfo
 
 from gateway.answers import GATEWAY_ERROR, problem_response
 from gateway.connections import CallerServer
@@ -63,6 +64,24 @@ async def edge(
     if made is not None:
         request.app[METRICS].errors.labels(made.vendor or "unknown", made.type).inc()
     return response
+
+
+class ProxyRoute(DynamicResource):
+    """The proxy's route: every path the other routes do not take (``/{tail}``, tail any
+    text, found last). Its pattern matches whatever reaches it, so it is not matched: no
+    regular expression, no decoded tail per request (the proxy reads the raw path)."""
+
+    def __init__(self) -> None:
+        # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
+        super().__init__(r"/{tail:[\s\S]*}")
+
+    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        route = self._any_route
+        assert route is not None  # added by build_app
+        return UrlMappingMatchInfo(_NO_PARTS, route), self._allowed_methods
+
+
+_NO_PARTS: dict[str, str] = {}  # copied by every match
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
