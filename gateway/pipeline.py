@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.answers import GATEWAY_ERROR, problem, problem_response, stream
+from gateway.answers import GATEWAY_ERROR, marked, problem, problem_response, stream
 from gateway.attempts import Attempts
 from gateway.body import RequestBody, read_body
 from gateway.budget_headers import max_wait
@@ -75,7 +75,7 @@ class Pipeline:
         made: GatewayError | None = None
         try:
             response = await self.respond(ctx, request)
-            made = response.get(GATEWAY_ERROR)
+            made = marked(response)
             if isinstance(made, CallerGone):
                 ctx.left = True
             elif ctx.left:

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_urldispatcher import DynamicResource, UrlMappingMatchInfo
 
-from gateway.answers import GATEWAY_ERROR, problem_response
+from gateway.answers import marked, problem_response
 from gateway.connections import CallerServer
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageError
 from gateway.request import request_id
@@ -60,7 +60,7 @@ async def edge(
         response = problem_response(err, request_id(request))
     else:
         response = await handler(request)
-    made = response.get(GATEWAY_ERROR)
+    made = marked(response)
     if made is not None:
         request.app[METRICS].errors.labels(made.vendor or "unknown", made.type).inc()
     return response
