@@ -30,6 +30,13 @@ log = logging.getLogger("gateway.pipeline")
 
 GATEWAY_ERROR = web.ResponseKey("gateway_error", GatewayError)
 
+def marked(response: web.StreamResponse) -> GatewayError | None:
+    """The error of ours an answer carries (GATEWAY_ERROR), if any. Most answers carry
+    nothing in their mapping: looked at only when something is there, since a missing
+    key's ``get`` costs a raised and caught KeyError."""
+    return response.get(GATEWAY_ERROR) if len(response) else None
+
+
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK = 64 * 1024
 
@@ -42,15 +49,19 @@ def vendor_headers(
     references to itself point into the gateway."""
     answer = upstream.headers
     dropped = hop_by_hop(answer.getall("Connection")) if "Connection" in answer else HOP_BY_HOP
-    if headers is None:
-        headers = CIMultiDict()
+    # One search over all the values: a value that cannot be sent is rare.
+    unsendable = _CONTROL.search("".join(answer.values())) is not None
+    kept: list[tuple[str, str]] = []
     for name, value in answer.items():
         lowered = name.lower()
-        if lowered in dropped or _CONTROL.search(value):  # unsendable: dropped
+        if lowered in dropped or (unsendable and _CONTROL.search(value)):  # unsendable: dropped
             continue
         if lowered in POINTERS:
             value = into_gateway(value, policy.upstream.origin, policy.upstream.base_path, f"/{policy.vendor}")
-        headers.add(name, value)
+        kept.append((name, value))
+    if headers is None:
+        return CIMultiDict(kept)
+    headers.extend(kept)
     return headers
 
 
@@ -84,7 +95,8 @@ async def stream(
         upstream.release()
         answer = web.Response(status=upstream.status, reason=upstream.reason, body=whole)
         our_headers(ctx, vendor_headers(policy, upstream, answer.headers))  # into its own: no copy
-        await tap.seen(whole, True)
+        if tap.watching:
+            await tap.seen(whole, True)
         return answer
     streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     our_headers(ctx, vendor_headers(policy, upstream, streamed.headers))
@@ -96,15 +108,17 @@ async def stream(
         async for chunk in upstream.content.iter_chunked(_CHUNK):
             received += len(chunk)
             ended = received == length
-            await tap.seen(chunk, ended)
+            if tap.watching:
+                await tap.seen(chunk, ended)
             await streamed.write(chunk)
-        if not ended:
+        if not ended and tap.watching:
             await tap.seen(b"", True)
         await streamed.write_eof()
     except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
         if ctx.gone():
             ctx.left = True
-            await tap.left()
+            if tap.watching:
+                await tap.left()
         else:
             # Headers are gone already: all we can do is cut the caller's connection so a
             # truncated body is seen as one (missing bytes or missing last chunk).
@@ -118,7 +132,8 @@ async def stream(
                 request.transport.close()
     except asyncio.CancelledError:
         # A server that cancels the handler of a caller that left: a kept write is kept still.
-        await asyncio.shield(tap.left())
+        if tap.watching:
+            await asyncio.shield(tap.left())
         raise
     finally:
         upstream.close()

@@ -37,7 +37,6 @@ from gateway.core.notices import AnswerCounts
 from gateway.pipeline import Pipeline
 from gateway.readers import readers_only
 from gateway.token_encryption import Sealer
-from gateway.server import edge
 from gateway.reload import Live, Reloader, Snapshot
 from gateway.stats import Stats
 from gateway.state import (
@@ -68,7 +67,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 def build_app(settings: Settings, source: Source | None = None) -> web.Application:
     """The application for ``settings``: its routes, and its resources opened on start.
     ``source`` is where a reload reads the settings again (None: the app cannot reload)."""
-    app = web.Application(middlewares=[edge])
+    app = web.Application()  # no middleware: gateway.server.edge is around its handler
     app[SETTINGS] = settings
     app[SOURCE] = source
     app[METRICS] = Metrics()
@@ -88,8 +87,9 @@ def build_app(settings: Settings, source: Source | None = None) -> web.Applicati
     app.router.add_get("/_gateway", to_console)
     app.router.add_get("/_gateway/", readers_only(console, console_without_key))
     app.router.add_get(ASSET_ROUTE, console_asset)
-    # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", server.proxy)
+    catch_all = server.ProxyRoute()
+    app.router.register_resource(catch_all)
+    catch_all.add_route("*", server.proxy)
     return app
 
 

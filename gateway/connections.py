@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -135,9 +135,12 @@ class CallerConnection(RequestHandler):
 
 class CallerServer(web.Server):
     """aiohttp's server, making CallerConnections; built from the server aiohttp made for
-    the app, with the same handler, request factory and options."""
+    the app, with its handler (or ``handler``, one around it), request factory and options."""
 
-    def __init__(self, template: web.Server, *, header_timeout: float, refused: Callable[[GatewayError], None]) -> None:
+    def __init__(
+        self, template: web.Server, *, header_timeout: float, refused: Callable[[GatewayError], None],
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] | None = None,
+    ) -> None:
         made = template.request_factory
 
         def request_factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
@@ -146,7 +149,7 @@ class CallerServer(web.Server):
             return made(message, payload, protocol, writer, task)
 
         super().__init__(
-            template.request_handler,
+            template.request_handler if handler is None else handler,
             request_factory=request_factory,
             handler_cancellation=template.handler_cancellation,
             loop=template._loop,

@@ -24,7 +24,7 @@ from gateway.errors import GatewayError, StorageError
 from gateway.metrics import Metrics
 from gateway.request import RequestContext, UpstreamRequest
 from gateway.storage import DeadLetterStore
-from gateway.taps import Excerpt, Tap
+from gateway.taps import UNWATCHED, Excerpt, Tap
 from gateway.upstream import AnswerBroke
 
 log = logging.getLogger("gateway.deadletters")
@@ -93,6 +93,8 @@ class DeadLetters:
     def tap(self, ctx: RequestContext, policy: Policy, out: UpstreamRequest, status: int) -> Tap:
         """What watches the vendor's answer on its way: a final error is kept with an excerpt
         of its body before the caller can have the whole answer, a broken one in any case."""
+        if not policy.dead_letter or out.method not in WRITES:
+            return UNWATCHED  # never kept, however it ends
 
         async def broke(cut: AnswerBroke) -> None:
             await self.broke_off(ctx, policy, out, status, cut)

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.answers import GATEWAY_ERROR
+from gateway.answers import marked
 from gateway.log_lines import FIELDS, sole_line_handler
 from gateway.request import REQUEST_CONTEXT
 
@@ -79,7 +79,7 @@ class JsonAccessLog(AbstractAccessLogger):
             )
             if ctx.left:
                 fields["status"] = 499
-        made = response.get(GATEWAY_ERROR)
+        made = marked(response)
         if made is not None:
             fields["error"] = made.type
         request_id = response.headers.get("X-Request-Id") or (ctx.request_id if ctx is not None else None)

@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.answers import GATEWAY_ERROR, problem, problem_response, stream
+from gateway.answers import GATEWAY_ERROR, marked, problem, problem_response, stream
 from gateway.attempts import Attempts
 from gateway.body import RequestBody, read_body
 from gateway.budget_headers import max_wait
@@ -75,7 +75,7 @@ class Pipeline:
         made: GatewayError | None = None
         try:
             response = await self.respond(ctx, request)
-            made = response.get(GATEWAY_ERROR)
+            made = marked(response)
             if isinstance(made, CallerGone):
                 ctx.left = True
             elif ctx.left:
@@ -131,7 +131,8 @@ class Pipeline:
             if lookup is not None:                                                       # 3. cache
                 return await self._caching.answer(ctx, request, policy, out, lookup)
             upstream = await self.send(ctx, policy, out)                                 # 4. attempts
-            await self._cache.written(policy, out.method, target.path, upstream.status, ctx.request_id)
+            if policy.cache:  # no rules, nothing a write could outdate
+                await self._cache.written(policy, out.method, target.path, upstream.status, ctx.request_id)
             tap = self._dead_letters.tap(ctx, policy, out, upstream.status)              # 5. store
             return await stream(ctx, request, policy, upstream, tap)                     # 6. answer
         except GatewayError as err:

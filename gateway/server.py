@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import DynamicResource, UrlMappingMatchInfo
 
-from gateway.answers import GATEWAY_ERROR, problem_response
+from gateway.answers import marked, problem_response
 from gateway.connections import CallerServer
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageError
 from gateway.request import request_id
@@ -39,30 +40,54 @@ class GatewayRunner(web.AppRunner):
             metrics.errors.labels("unknown", err.type).inc()
 
         made = await super()._make_server()
-        return CallerServer(made, header_timeout=self._header_timeout, refused=refused)
+        return CallerServer(made, header_timeout=self._header_timeout, refused=refused,
+                            handler=edge(made.request_handler, metrics))
 
 
-@web.middleware
-async def edge(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """What every answer passes (one middleware, so one more layer around every request):
-    a target that asks for a forward proxy is refused; gateway_errors_total counts every
-    answer that carries an error of ours, whichever handler made it."""
-    # An absolute-form (GET http://elsewhere/ HTTP/1.1) or authority-form (CONNECT host:443)
-    # target asks for a forward proxy; the router would not even reach the proxy with CONNECT's.
-    response: web.StreamResponse
-    if request.method == "CONNECT":
-        response = problem_response(MethodNotAllowed("CONNECT is not forwarded"), request_id(request))
-    elif not request.raw_path.startswith("/"):
-        err = BadRequest("absolute-form and authority-form request targets are not accepted")
-        response = problem_response(err, request_id(request))
-    else:
-        response = await handler(request)
-    made = response.get(GATEWAY_ERROR)
-    if made is not None:
-        request.app[METRICS].errors.labels(made.vendor or "unknown", made.type).inc()
-    return response
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def edge(app_handler: Handler, metrics: Metrics) -> Handler:
+    """What every answer passes, around the app's handler (no middleware: aiohttp would
+    add two layers to every request for one): a target that asks for a forward proxy is
+    refused; gateway_errors_total counts every answer that carries an error of ours,
+    whichever handler made it."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        # An absolute-form (GET http://elsewhere/ HTTP/1.1) or authority-form (CONNECT
+        # host:443) target asks for a forward proxy; it is refused before routing.
+        response: web.StreamResponse
+        if request.method == "CONNECT":
+            response = problem_response(MethodNotAllowed("CONNECT is not forwarded"), request_id(request))
+        elif not request.raw_path.startswith("/"):
+            err = BadRequest("absolute-form and authority-form request targets are not accepted")
+            response = problem_response(err, request_id(request))
+        else:
+            response = await app_handler(request)
+        made = marked(response)
+        if made is not None:
+            metrics.errors.labels(made.vendor or "unknown", made.type).inc()
+        return response
+
+    return handle
+
+
+class ProxyRoute(DynamicResource):
+    """The proxy's route: every path the other routes do not take (``/{tail}``, tail any
+    text, found last). Its pattern matches whatever reaches it, so it is not matched: no
+    regular expression, no decoded tail per request (the proxy reads the raw path)."""
+
+    def __init__(self) -> None:
+        # [\s\S]: the router matches decoded paths, and "." would stop at a decoded newline.
+        super().__init__(r"/{tail:[\s\S]*}")
+
+    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        route = self._any_route
+        assert route is not None  # added by build_app
+        return UrlMappingMatchInfo(_NO_PARTS, route), self._allowed_methods
+
+
+_NO_PARTS: dict[str, str] = {}  # copied by every match
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:

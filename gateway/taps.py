@@ -19,7 +19,10 @@ Broke = Callable[[AnswerBroke], Awaitable[None]]
 
 class Tap:
     """An answer only the caller needs; ``broke`` is told when it breaks off (a write whose
-    answer broke off is kept as a dead letter: the vendor may have done it)."""
+    answer broke off is kept as a dead letter: the vendor may have done it). ``watching``:
+    whether ``seen`` and ``left`` do anything (this one's do not: the answer skips them)."""
+
+    watching = False
 
     def __init__(self, broke: Broke) -> None:
         self._broke = broke
@@ -38,6 +41,8 @@ class Excerpt(Tap):
     """A failed write's answer: ``keep`` gets its first ``size`` bytes (all of a shorter
     one) as soon as they are seen, or what came of them when the caller leaves first; an
     answer that breaks off before goes to ``broke`` instead. Exactly one of them is called."""
+
+    watching = True
 
     def __init__(self, broke: Broke, keep: Callable[[bytes], Awaitable[None]], size: int) -> None:
         super().__init__(broke)
@@ -71,6 +76,8 @@ class Copy(Tap):
     """A cacheable answer: ``done`` gets its whole body when it is at most ``limit`` bytes,
     ``too_large`` is told as soon as it is longer."""
 
+    watching = True
+
     def __init__(
         self, broke: Broke, limit: int, done: Callable[[bytes], Awaitable[None]],
         too_large: Callable[[], Awaitable[None]],
@@ -90,3 +97,11 @@ class Copy(Tap):
             await self._too_large()
         elif last:
             await self._done(bytes(self._body))
+
+
+async def _unwatched(cut: AnswerBroke) -> None:
+    """A broken answer nobody keeps."""
+
+
+# An answer nothing else happens to: one for every such request.
+UNWATCHED = Tap(_unwatched)

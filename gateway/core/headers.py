@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import unquote
 
 HOP_BY_HOP = frozenset(
@@ -41,6 +42,13 @@ def caller_only(name: str) -> bool:
 
 def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
     """The standard hop-by-hop names plus those a ``Connection`` header lists."""
+    return _hop_by_hop(tuple(connection_values))
+
+
+# Connection headers say much the same on every message ("keep-alive", "close"): the
+# sets are made once per value (a bounded cache, as whoever sends them chooses them).
+@lru_cache(maxsize=64)
+def _hop_by_hop(connection_values: tuple[str, ...]) -> frozenset[str]:
     named = {
         token.strip().lower()
         for value in connection_values
@@ -57,7 +65,12 @@ NOT_FORWARDED = HOP_BY_HOP | CALLER_ONLY
 
 def not_forwarded(connection_values: Iterable[str]) -> frozenset[str]:
     """NOT_FORWARDED and the names a caller's ``Connection`` header lists."""
-    return hop_by_hop(connection_values) | CALLER_ONLY
+    return _not_forwarded(tuple(connection_values))
+
+
+@lru_cache(maxsize=64)
+def _not_forwarded(connection_values: tuple[str, ...]) -> frozenset[str]:
+    return _hop_by_hop(connection_values) | CALLER_ONLY
 
 
 _LONGEST = 1e9  # seconds: a longer Retry-After (up to infinity, as a float) is read as this
