@@ -259,9 +259,10 @@ async def test_a_long_error_answer_to_a_write_is_kept_and_streamed_whole(gateway
     assert entry["error"].startswith("upstream 500: eeee") and len(entry["error"]) < 2100
 
 
-async def raw_vendor(answer: bytes, *, reset: bool = False):
+async def raw_vendor(answer: bytes, *, reset: bool = False, stall: asyncio.Event | None = None):
     """A vendor that reads one request, writes ``answer`` as it is, then hangs up (or
-    resets the connection); returns its server and URL."""
+    resets the connection, or with ``stall`` sends nothing more until it is set); returns
+    its server and URL."""
     import socket
     import struct
 
@@ -272,6 +273,8 @@ async def raw_vendor(answer: bytes, *, reset: bool = False):
         await reader.readexactly(length)
         writer.write(answer)
         await writer.drain()
+        if stall is not None:
+            await stall.wait()
         await asyncio.sleep(0.05)
         if reset:
             writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -298,6 +301,23 @@ async def test_a_write_whose_answer_breaks_off_is_kept(gateway, status, reset):
     # The vendor's status is kept: a 201 may have been done, and replaying it would do it twice.
     assert (entry["method"], entry["status"]) == ("POST", status)
     assert entry["error"] == f"upstream {status} (answer broke off after 100 of 1000 bytes)"
+
+
+async def test_a_write_whose_answer_stops_coming_is_kept_after_the_policys_timeout(gateway):
+    stall = asyncio.Event()
+    server, url = await raw_vendor(b"HTTP/1.1 201 X\r\nContent-Length: 1000\r\n\r\n" + b"a" * 100, stall=stall)
+    async with server:
+        client = await gateway({"vendor": "v", "upstream": url, "dead_letter": True, "timeout": "1s"},
+                               config={"admin_key": "${ADMIN}"}, env=ADMIN_ENV)
+        try:
+            async with client.post("/v/orders", data=b'{"n": 1}') as response:
+                assert response.status == 201
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+            [entry] = (await (await client.get("/_gateway/dead-letters", headers=ADMIN)).json())["dead_letters"]
+        finally:
+            stall.set()
+    assert entry["error"] == "upstream 201 (answer stalled after 100 of 1000 bytes)"
 
 
 async def test_a_long_streamed_answer_to_a_write_that_breaks_off_is_kept(gateway):
