@@ -24,7 +24,7 @@ from gateway.core.headers import HOP_BY_HOP, POINTERS, hop_by_hop, into_gateway
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.request import RequestContext
 from gateway.taps import Tap
-from gateway.upstream import AnswerBroke, arrived_whole
+from gateway.upstream import AnswerBroke, arrived_whole, read_part
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -105,7 +105,7 @@ async def stream(
     try:
         await streamed.prepare(request)  # the head goes out now: a long poll's caller sees it at once
         ended = False
-        async for chunk in upstream.content.iter_chunked(_CHUNK):
+        while chunk := await read_part(upstream.content, _CHUNK, policy.timeout):
             received += len(chunk)
             ended = received == length
             if tap.watching:

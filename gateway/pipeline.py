@@ -169,7 +169,7 @@ class Pipeline:
             return Delivery(err.status, ctx.attempts, f"{err.type}: {err.detail}")
         await self._cache.written(policy, entry.method, entry.path, upstream.status, ctx.request_id)
         try:
-            body = await read_answer(upstream, ERROR_EXCERPT)
+            body = await read_answer(upstream, ERROR_EXCERPT, policy.timeout)
         except AnswerBroke as broke:
             return Delivery(upstream.status, ctx.attempts, f"upstream {upstream.status} ({broke})")
         finally:

@@ -67,7 +67,9 @@ class UpstreamClients:
                     connector=aiohttp.TCPConnector(limit=CONNECTIONS_PER_VENDOR, enable_cleanup_closed=True),
                     auto_decompress=False,
                     cookie_jar=aiohttp.DummyCookieJar(),
-                    timeout=aiohttp.ClientTimeout(total=None, sock_read=policy.timeout),
+                    # The policy's timeout is ours to keep (a Deadline until the head, then
+                    # read_part): aiohttp's sock_read moves a timer on every chunk received.
+                    timeout=aiohttp.ClientTimeout(total=None),
                     request_class=AsSent,
                 )
 
@@ -162,26 +164,44 @@ def arrived_whole(upstream: aiohttp.ClientResponse) -> bytes | None:
     return content.read_nowait()
 
 
-async def read_answer(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_part(content: aiohttp.StreamReader, size: int, seconds: float) -> bytes:
+    """The next part of an answer's body, up to ``size`` bytes (b"" at its end). Raises
+    TimeoutError when no byte comes for ``seconds`` (the policy's timeout), and what broke
+    the answer. What has arrived already is taken without a clock."""
+    part = content.read_nowait(size)
+    if part or content.is_eof():
+        return part
+    deadline = Deadline(seconds)
+    try:
+        return await content.read(size)
+    except asyncio.CancelledError:
+        if deadline.expired():
+            raise TimeoutError(f"no byte of the answer for {seconds:g}s") from None
+        raise
+    finally:
+        deadline.stop()
+
+
+async def read_answer(upstream: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:
     """The answer's body up to ``limit`` bytes, or a little more when it is longer.
-    Raises AnswerBroke."""
+    Raises AnswerBroke (``seconds`` without a byte: stalled)."""
     head = bytearray()
     try:
-        while len(head) <= limit and (chunk := await upstream.content.readany()):
+        while len(head) <= limit and (chunk := await read_part(upstream.content, limit + 1, seconds)):
             head += chunk
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise AnswerBroke(len(head), upstream.content_length, exc) from None
     return bytes(head)
 
 
-async def peek_answer(upstream: aiohttp.ClientResponse, size: int) -> bytes:
+async def peek_answer(upstream: aiohttp.ClientResponse, size: int, seconds: float) -> bytes:
     """The first ``size`` bytes of the answer's body (all of a shorter one), left in place:
     whoever reads the answer after still reads all of it. An answer that breaks off gives
     what came before; its reader finds out."""
     content = upstream.content
     head = bytearray()
     try:
-        while len(head) < size and (chunk := await content.readany()):
+        while len(head) < size and (chunk := await read_part(content, size, seconds)):
             head += chunk
     except (aiohttp.ClientError, asyncio.TimeoutError):
         pass  # the stream keeps its error: the answer's reader meets it
