@@ -8,13 +8,12 @@ that stalls, 413 for one too large, 400 for a malformed one, 499 for a caller th
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.deadline import Deadline
+from gateway.deadline import within
 from gateway.errors import BadRequest, CallerGone, PayloadTooLarge, RequestTimeout
 
 # Bodies up to this size are kept whole: attempts can be repeated and failed writes kept.
@@ -78,15 +77,9 @@ async def next_chunk(request: web.Request, stall: float) -> bytes:
         arrived = content.read_nowait()  # what came already (with the head, most often): no clock
         if arrived or content.at_eof():
             return arrived
-        deadline = Deadline(stall)
-        try:
-            return await content.readany()
-        except asyncio.CancelledError:
-            if deadline.expired():
-                raise RequestTimeout(f"the request body stalled: no bytes for {stall:g}s") from None
-            raise
-        finally:
-            deadline.stop()
+        return await within(
+            stall, content.readany(), lambda: RequestTimeout(f"the request body stalled: no bytes for {stall:g}s")
+        )
     except RequestPayloadError:
         raise BadRequest("the request body is malformed (its length or chunked encoding)") from None
     except ConnectionError:

@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.callers import ANONYMOUS
 from gateway.config.model import Budget, Caller, Config, Policy

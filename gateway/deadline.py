@@ -4,6 +4,10 @@ context-manager steps and is on every attempt and every read of a request body).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Deadline:
@@ -31,3 +35,16 @@ class Deadline:
 
     def stop(self) -> None:
         self._handle.cancel()
+
+
+async def within(seconds: float, waiting: Awaitable[T], late: Callable[[], BaseException]) -> T:
+    """What ``waiting`` gives; ``late()`` is raised when it takes over ``seconds``."""
+    deadline = Deadline(seconds)
+    try:
+        return await waiting
+    except asyncio.CancelledError:
+        if deadline.expired():
+            raise late() from None
+        raise
+    finally:
+        deadline.stop()

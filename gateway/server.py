@@ -19,7 +19,7 @@ from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, StorageEr
 from gateway.request import request_id
 from gateway.core.auth_stop import REJECTED
 from gateway.metrics import Metrics
-from gateway.state import AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, SETTINGS, STATS, STORAGE
+from gateway.state import AUTH_STOPS, BREAKERS, BUDGETS, DRAINING, LIVE, METRICS, STATS, STORAGE
 
 
 class GatewayRunner(web.AppRunner):

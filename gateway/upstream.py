@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import Policy
-from gateway.deadline import Deadline
+from gateway.deadline import Deadline, within
 from gateway.errors import GatewayError
 
 # Per vendor, so a hung vendor can hold at most its own connections.
@@ -171,15 +171,7 @@ async def read_part(content: aiohttp.StreamReader, size: int, seconds: float) ->
     part = content.read_nowait(size)
     if part or content.is_eof():
         return part
-    deadline = Deadline(seconds)
-    try:
-        return await content.read(size)
-    except asyncio.CancelledError:
-        if deadline.expired():
-            raise TimeoutError(f"no byte of the answer for {seconds:g}s") from None
-        raise
-    finally:
-        deadline.stop()
+    return await within(seconds, content.read(size), lambda: TimeoutError(f"no byte of the answer for {seconds:g}s"))
 
 
 async def read_answer(upstream: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:
