@@ -57,6 +57,14 @@ class Processes:
             self.stop(proc)
 
 
+def leave(workdir: Path, keep: bool) -> None:
+    """At the end of a run: its folder removed, or (``--keep-logs``) where it is kept."""
+    if keep:
+        print(f"logs and configs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _harness import gateway_log_summary, group_cpu_seconds, nginx_command, parse_wrk
+from _harness import gateway_log_summary, group_cpu_seconds, leave, nginx_command, parse_wrk
 
 HOST = "127.0.0.1"
 VENDOR = "bench"
@@ -543,10 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         procs.stop_all()
-        if args.keep_logs:
-            print(f"logs and configs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        leave(workdir, args.keep_logs)
 
     print()
     print_table(results)

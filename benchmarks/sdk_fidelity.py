@@ -43,7 +43,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -52,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import HOST, Processes, free_port, start_gateway
+from _harness import HOST, Processes, free_port, leave, start_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 VENDOR_TOKEN = "vendor-token-7f3a"
@@ -285,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         f"{gateway}/slack/", CALLER_KEY))
     finally:
         procs.stop_all()
-        if args.keep_logs:
-            print(f"logs and config kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        leave(workdir, args.keep_logs)
     total = 0
     print(f"SDK fidelity: what the vendor received, direct and through the gateway (mock vendor {mock})")
     print(f"not compared: {', '.join(sorted(IGNORED - {'authorization'}))}; Authorization checked to be the same\n")

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from _harness import (HOST, Processes, free_port, gateway_log_summary, group_cpu_seconds, nginx_command, parse_wrk,
+from _harness import (HOST, Processes, free_port, gateway_log_summary, group_cpu_seconds, leave, nginx_command, parse_wrk,
                       pinned, start_gateway, start_redis, summarise_profile, wait_ready)
 from open_loop import Paced, paced_latency, print_latency
 
@@ -434,10 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         procs.stop_all()
-        if args.keep_logs:
-            print(f"logs and configs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        leave(workdir, args.keep_logs)
 
     print()
     print_rounds(results, cores)
