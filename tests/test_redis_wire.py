@@ -5,12 +5,12 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 from gateway.core.budget import BUCKET, Charge
 from gateway.errors import StorageError
 from gateway.storage.redis import RedisStorage
-from gateway.storage.redis_wire import PACKED_MAX, ScriptWire, pack, parse, script_sha
+from gateway.storage.redis_wire import PACKED_MAX, ScriptWire, _Connection, pack, script_sha
 from tests.conftest import RedisServer
 
 ECHO = "return {tonumber(ARGV[1]), ARGV[2], KEYS[1], false, {1, 'two'}}"
@@ -136,12 +136,60 @@ def test_a_cluster_or_tls_keeps_redis_py():
     assert not ScriptWire.serves("unix:///tmp/redis.sock", cluster=False)
 
 
-def test_replies_cut_anywhere_wait_for_the_rest_and_commands_packed():
-    whole = b"*4\r\n:7\r\n$5\r\na\r\nbc\r\n$-1\r\n*2\r\n$-1\r\n:-2\r\n"
+class Transport:
+    """Where a connection's commands go, in tests that hand it the replies themselves."""
+
+    def __init__(self):
+        self.sent, self.aborted = [], False
+
+    def write(self, data):
+        self.sent.append(data)
+
+    def abort(self):
+        self.aborted = True
+
+    def close(self):
+        pass
+
+
+def connected():
+    connection, transport = _Connection(TIMEOUT), Transport()
+    connection.connection_made(transport)
+    return connection, transport
+
+
+async def test_replies_cut_anywhere_wait_for_the_rest():
+    whole = b"*4\r\n:7\r\n$5\r\na\r\nbc\r\n$-1\r\n*2\r\n$-1\r\n:-2\r\n-NOSCRIPT No matching script\r\n-ERR made to fail\r\n"
     for cut in range(len(whole)):
-        got = parse(whole[:cut], 0)
-        assert not isinstance(got, tuple), cut
-    assert parse(whole, 0) == ([7, b"a\r\nbc", None, [None, -2]], len(whole))
+        connection, _ = connected()
+        script, unknown, failing = (connection.call(b"") for _ in range(3))
+        connection.data_received(whole[:cut])
+        assert not failing.done(), cut
+        connection.data_received(whole[cut:])
+        assert script.result() == [7, b"a\r\nbc", None, [None, -2]]
+        with pytest.raises(NoScriptError, match="No matching script"):
+            unknown.result()
+        with pytest.raises(ResponseError, match="made to fail") as failed:
+            failing.result()
+        assert not isinstance(failed.value, NoScriptError)
+        assert connection.gone is None
+        connection.close()
+
+
+async def test_what_is_not_a_reply_to_a_call_drops_the_connection():
+    for received in (b"?what\r\n", b":1\r\n"):  # not Redis's protocol; a reply to no call
+        connection, transport = connected()
+        call = connection.call(b"") if received.startswith(b"?") else None
+        connection.data_received(received)
+        assert isinstance(connection.gone, ConnectionError) and transport.aborted
+        if call is not None:
+            with pytest.raises(ConnectionError):
+                call.result()
+        with pytest.raises(ConnectionError):
+            connection.call(b"")
+
+
+def test_commands_packed():
     assert pack("SET", "k", "é", b"\xff", 1.5) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\xc3\xa9\r\n$1\r\n\xff\r\n$3\r\n1.5\r\n"
     assert pack("GET", 7) == b"*2\r\n$3\r\nGET\r\n$1\r\n7\r\n"
     for n in range(PACKED_MAX + 10):  # the texts packed before are forgotten once too many

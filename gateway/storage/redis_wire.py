@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 Arg = str | int | float | bytes
@@ -74,71 +75,13 @@ def _pack_bytes(parts: Sequence[Arg]) -> bytes:
     return b"".join(out)
 
 
-class _Incomplete:
-    """What ``parse`` gives for a reply not wholly received yet."""
+def _error(message: str) -> ResponseError:
+    """An error reply, as hiredis hands it over (redis-py gives its parser its own the same way)."""
+    return (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
 
 
-INCOMPLETE = _Incomplete()
-
-
-def parse(buf: bytes, pos: int) -> tuple[Any, int] | _Incomplete:
-    """The reply that starts at ``pos`` in ``buf`` and where the next one starts. The
-    strings and integers of an array (a script's reply) are read in place: the same as
-    ``_parse_one`` does, without a call per item."""
-    if pos >= len(buf):
-        return INCOMPLETE
-    if buf[pos] != 42:  # not an array
-        return _parse_one(buf, pos)
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        return INCOMPLETE
-    count, pos, size = int(buf[pos + 1 : end]), end + 2, len(buf)
-    if count < 0:
-        return None, pos
-    items: list[Any] = []
-    for _ in range(count):
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            return INCOMPLETE
-        kind = buf[pos]
-        if kind == 36 and buf[pos + 1] != 45:  # $ a bulk string, not nil ($-1)
-            start = end + 2
-            pos = start + int(buf[pos + 1 : end]) + 2
-            if pos > size:
-                return INCOMPLETE
-            items.append(buf[start : pos - 2])
-        elif kind == 58:  # : integer
-            items.append(int(buf[pos + 1 : end]))
-            pos = end + 2
-        else:
-            item = parse(buf, pos)
-            if isinstance(item, _Incomplete):
-                return INCOMPLETE
-            items.append(item[0])
-            pos = item[1]
-    return items, pos
-
-
-def _parse_one(buf: bytes, pos: int) -> tuple[Any, int] | _Incomplete:
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        return INCOMPLETE
-    kind, line, pos = buf[pos], buf[pos + 1 : end], end + 2
-    if kind == 36:  # $ bulk string
-        size = int(line)
-        if size < 0:
-            return None, pos
-        if len(buf) < pos + size + 2:
-            return INCOMPLETE
-        return buf[pos : pos + size], pos + size + 2
-    if kind == 58:  # : integer
-        return int(line), pos
-    if kind == 43:  # + simple string
-        return line, pos
-    if kind == 45:  # - error
-        message = line.decode(errors="replace")
-        return (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message), pos
-    raise ConnectionError(f"redis sent something that is not its protocol: {buf[pos - 2 - len(line) - 1:end]!r}")
+# What ``hiredis.Reader.gets`` gives while a reply has not wholly come (no reply is this object).
+_INCOMPLETE = object()
 
 
 class _Connection(asyncio.Protocol):
@@ -149,7 +92,9 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self._buffer = b""
+        # The replies are read by hiredis, a C parser: a Python one cost more than the rest of
+        # the connection's work. Its protocol errors are ConnectionErrors: the connection drops.
+        self._reader = hiredis.Reader(protocolError=ConnectionError, replyError=_error, notEnoughData=_INCOMPLETE)
         self._out: list[bytes] = []  # commands of this loop turn, written together at its end
         self._watch: asyncio.TimerHandle | None = None
         self.gone: Exception | None = None  # why it cannot be used any more
@@ -188,14 +133,9 @@ class _Connection(asyncio.Protocol):
             self._watch = self._loop.call_at(deadline, self._check)
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buffer + data if self._buffer else data
-        pos = 0
+        self._reader.feed(data)
         try:
-            while pos < len(buf):
-                reply = parse(buf, pos)
-                if isinstance(reply, _Incomplete):
-                    break
-                value, pos = reply
+            while (value := self._reader.gets()) is not _INCOMPLETE:
                 if not self._waiting:
                     raise ConnectionError("redis answered a command that was not sent")
                 future = self._waiting.popleft()[0]
@@ -205,10 +145,8 @@ class _Connection(asyncio.Protocol):
                     future.set_exception(value)
                 else:
                     future.set_result(value)
-        except (ConnectionError, ValueError) as exc:
-            self._drop(exc if isinstance(exc, ConnectionError) else ConnectionError(f"redis protocol: {exc}"))
-            return
-        self._buffer = buf[pos:]
+        except ConnectionError as exc:
+            self._drop(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionError(f"redis connection lost: {exc or 'closed by the server'}"))
