@@ -50,7 +50,7 @@ log = logging.getLogger("gateway.pipeline")
 
 class Tried(NamedTuple):
     """What one attempt came to: the vendor's answer (None when there was none) and why.
-    A named tuple: one is made per attempt, a frozen dataclass costs twice as much."""
+    A named tuple: one is made per attempt, a frozen dataclass costs thrice as much."""
 
     answer: aiohttp.ClientResponse | None
     outcome: Outcome

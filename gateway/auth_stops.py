@@ -9,8 +9,9 @@ showed, and dropped once storage answers again.
 
 While storage shows a vendor's credential taken with nothing counted (the common case),
 ``admit`` answers from what it last showed for up to ``HELD`` seconds without a round
-trip: a stop that another process starts reaches this one within that time, and any
-refusal or stop this process sees itself ends the holding at once.
+trip (``held`` gives that answer without an await): a stop that another process starts
+reaches this one within that time, and any refusal or stop this process sees itself
+ends the holding at once.
 """
 
 from __future__ import annotations

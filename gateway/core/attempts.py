@@ -15,7 +15,7 @@ NON_IDEMPOTENT = frozenset({"POST", "PATCH"})
 
 class Outcome(NamedTuple):
     """How one attempt ended: an HTTP status, or a failure (``timeout`` / ``connect``).
-    A named tuple: one is made per attempt, a frozen dataclass costs thrice as much."""
+    A named tuple: one is made per attempt, a frozen dataclass costs twice as much."""
 
     status: int | None = None
     failure: str | None = None
