@@ -23,7 +23,8 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 import aiohttp
 from multidict import CIMultiDict
@@ -47,9 +48,9 @@ from gateway.upstream import AttemptFailed, UpstreamClients, peek_answer
 log = logging.getLogger("gateway.pipeline")
 
 
-@dataclass(frozen=True)
-class Tried:
-    """What one attempt came to: the vendor's answer (None when there was none) and why."""
+class Tried(NamedTuple):
+    """What one attempt came to: the vendor's answer (None when there was none) and why.
+    A named tuple: one is made per attempt, a frozen dataclass costs thrice as much."""
 
     answer: aiohttp.ClientResponse | None
     outcome: Outcome
@@ -120,7 +121,7 @@ class Attempts:
             tried = await self._admitted_send(ctx, policy, out, credential, tried.auth)
         if tried.answer is None:
             await self.auth_stops.unanswered(policy, tried.auth)
-        elif not tried.quota:
+        elif not tried.quota and self.auth_stops.counts(policy, tried.auth, tried.answer.status):
             await self.auth_stops.record(policy, tried.auth, tried.answer.status)
         return tried, renewed
 
@@ -138,7 +139,7 @@ class Attempts:
         quota = False
         try:
             if auth is None:
-                auth = await self.auth_stops.admit(policy)
+                auth = self.auth_stops.held(policy) or await self.auth_stops.admit(policy)
             probe = await self._breaker_admits(policy, breaker) if breaker is not None else False
             ctx.attempts += 1
             headers = out.headers.copy()
@@ -169,11 +170,12 @@ class Attempts:
             quota = is_quota_refusal(policy.signals, answer.status, head) if head else False
             await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers, head)
         self._metrics.upstream_requests_of(policy.vendor, out.method, outcome.label).inc()
-        took = time.monotonic() - started
+        done = time.monotonic()
+        took = done - started
         ctx.upstream_seconds += took
         self._metrics.upstream_duration_of(policy.vendor).observe(took)
         # From its turn, not its send: a busy process may send a little after the turn.
-        self._budgets.observe(policy.vendor, time.monotonic() - admitted)
+        self._budgets.observe(policy.vendor, done - admitted)
         assert auth is not None  # admitted, or raised above
         if breaker is not None:
             failed = is_failure(outcome.status, outcome.failure) and not quota

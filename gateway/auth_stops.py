@@ -9,8 +9,9 @@ showed, and dropped once storage answers again.
 
 While storage shows a vendor's credential taken with nothing counted (the common case),
 ``admit`` answers from what it last showed for up to ``HELD`` seconds without a round
-trip: a stop that another process starts reaches this one within that time, and any
-refusal or stop this process sees itself ends the holding at once.
+trip (``held`` gives that answer without an await): a stop that another process starts
+reaches this one within that time, and any refusal or stop this process sees itself
+ends the holding at once.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ class AuthStops:
         storage.health.watch(self._storage_changed)
         self.refresh_gauges()
 
+    def held(self, policy: Policy) -> Admission | None:
+        """``admit``'s answer when it needs no storage call (no refusal stops the vendor's
+        calls, or storage's "taken, nothing counted" is still held), else None: the
+        driver awaits ``admit`` only then."""
+        if not policy.auth_failures.statuses:
+            return ADMITTED
+        until = self._clear_until.get(policy.vendor)
+        return ADMITTED if until is not None and self._clock() < until else None
+
     async def admit(self, policy: Policy) -> Admission:
         """Whether this attempt may go (and whether it is the probe); CredentialsRejected
         while the vendor's calls are stopped."""
@@ -87,13 +97,20 @@ class AuthStops:
             )
         return admission
 
+    @staticmethod
+    def counts(policy: Policy, admission: Admission, status: int) -> bool:
+        """Whether ``record`` has anything to do with this answer: one that is no refusal,
+        sent while nothing was counted, changes nothing (the driver skips the await)."""
+        statuses = policy.auth_failures.statuses
+        return bool(statuses) and (status in statuses or admission.state != OK)
+
     async def record(self, policy: Policy, admission: Admission, status: int) -> None:
-        """A request's final answer. One that is no refusal, sent while nothing was counted,
-        changes nothing and costs no storage call."""
+        """A request's final answer. One that ``counts`` does not count changes nothing
+        and costs no storage call."""
+        if not self.counts(policy, admission, status):
+            return
         config = policy.auth_failures
         refused = status in config.statuses
-        if not config.statuses or (not refused and admission.state == OK):
-            return
         vendor = policy.vendor
         try:
             state = await self._storage.auth_stop_record(vendor, config, refused, admission.probe)

@@ -157,6 +157,8 @@ def is_quota_refusal(signals: Iterable[str], status: int, body: bytes) -> bool:
 def refusal_body_size(signals: Iterable[str], status: int) -> int:
     """How many first bytes of an answer's body the signals need (0: none), so that the
     body is read only for the answers that may be quota refusals."""
+    if not signals:  # most vendors: no generator made per answer
+        return 0
     return REFUSAL_BODY_BYTES if any(_REFUSAL_STATUS.get(s) == status for s in signals) else 0
 
 
