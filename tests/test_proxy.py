@@ -2,6 +2,7 @@
 headers and answers pass through; only the gateway's own rules change anything."""
 
 import asyncio
+import gc
 import gzip
 import io
 import socket
@@ -10,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.request import RequestContext
 from tests.conftest import free_port
 from tests.mock_vendor import answer, hang, reset
 
@@ -415,3 +417,25 @@ async def test_a_malformed_request_is_a_bad_request_problem_logged_at_info(gatew
     assert vendor.received == []
     text = await (await client.get("/metrics")).text()
     assert 'gateway_errors_total{type="bad-request",vendor="unknown"} 1.0' in text
+
+
+async def test_an_answered_request_leaves_nothing_for_the_cyclic_collector(gateway, vendor):
+    """A request's objects are freed as it is answered. Its context once kept a check that
+    kept the request, which keeps the context: every request was a reference cycle, and
+    walking those was a tenth of the gateway's CPU at full load."""
+    client = await gateway(policy(vendor, budgets=[{"name": "b", "limit": 1000, "per": "1s"}]))
+    assert (await client.get("/v/items/1")).status == 200  # what a first request makes once
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept, to be looked at
+    try:
+        for _ in range(20):
+            response = await client.get("/v/items/1")
+            assert response.status == 200
+            await response.read()
+        gc.collect()
+        left = {type(found).__qualname__ for found in gc.garbage
+                if isinstance(found, web.BaseRequest | RequestContext)}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == set()
