@@ -73,6 +73,17 @@ def rate_limit_headers(budgets: Sequence[Budget], levels: Sequence[Level]) -> di
     (``t`` is the pause left, not the window's reset). Shadow budgets are not shown:
     callers would pace themselves on a limit the gateway does not apply."""
     shown = _shown(budgets)
+    if len(shown.indexes) == 1 and shown.indexes[0] < len(levels):
+        # Most policies show one budget: its headers without a list, a choice or a join.
+        remaining, reset = _usable(levels[shown.indexes[0]])
+        left, after = str(remaining), str(reset)
+        return {
+            "RateLimit-Policy": shown.policy,
+            "RateLimit": f"{shown.names[0]}r={left};t={after}",
+            "RateLimit-Limit": shown.limits[0],
+            "RateLimit-Remaining": left,
+            "RateLimit-Reset": after,
+        }
     usable = [_usable(levels[i]) for i in shown.indexes if i < len(levels)]  # (no levels: storage said none)
     if not usable:
         return {}

@@ -80,11 +80,14 @@ class CallerConnection(RequestHandler):
             super().data_received(data)
             return
         self._head_bytes = True
-        # Public aiohttp API: stops the idle clock, which a head in progress must not
-        # be closed by; aiohttp starts it again after the answer.
-        self.keep_alive(True)
         super().data_received(data)
         waiter = self._waiter
+        if waiter is None or not waiter.done():
+            # Not known to be whole (the connection was not woken for it): public aiohttp
+            # API, stops the idle clock, which a head in progress must not be closed by;
+            # aiohttp starts it again after the answer. A head that came whole leaves the
+            # clock as it runs (stopping it would make aiohttp set a new timer per request).
+            self.keep_alive(True)
         if self._head_timer is None and waiter is not None and not waiter.done():
             # The head did not come whole with its first bytes (aiohttp would have woken
             # the connection for it): from now on it must arrive in time.

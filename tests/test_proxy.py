@@ -439,3 +439,23 @@ async def test_an_answered_request_leaves_nothing_for_the_cyclic_collector(gatew
         gc.set_debug(0)
         gc.garbage.clear()
     assert left == set()
+
+
+@pytest.mark.parametrize("target", ["/%68ealthz", "/healthz?probe=1"])
+async def test_the_gateways_own_routes_are_found_however_their_path_is_sent(gateway, vendor, target):
+    client = await gateway(policy(vendor))
+    data = await raw_request(client, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 200 ") and b'"status":"ok"' in data.replace(b" ", b"")
+    assert vendor.received == []
+
+
+async def test_a_caller_that_expects_100_continue_gets_it_before_sending_its_body(gateway, vendor):
+    client = await gateway(policy(vendor))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"POST /v/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+                 b"Connection: close\r\n\r\n")
+    assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    data = await reader.read()
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200 ") and vendor.last.body == b"hello"
