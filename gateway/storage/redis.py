@@ -85,8 +85,10 @@ class _View:
         self.state.tat, self.state.paused, self.used, self.seen = tat, paused, used, now
         if every:
             self.state.counts.clear()
+        if not changed:  # a bucket's, or a call that changed no count
+            return
         counts, started = self.state.counts, False
-        for item in filter(None, changed.split(",")):
+        for item in changed.split(","):
             slot, units = item.split(":")
             if float(units) > EPSILON:
                 started = started or int(slot) not in counts
@@ -330,23 +332,25 @@ class RedisStorage:
         return packed
 
     def _verdict(self, vendor: str, charges: Sequence[Charge], reply: Any, every: bool) -> Verdict:
-        """A budget reply as a Verdict; what it shows of each budget is remembered."""
-        self._epochs[vendor] = bytes(reply[4]).decode()
-        at = float(reply[3])
-        now = at - float(reply[1])
+        """A budget reply as a Verdict; what it shows of each budget is remembered. (Its
+        integers come as ints and its strings as bytes, from hiredis and redis-py alike.)"""
+        self._epochs[vendor] = reply[4].decode()
+        wait, at = float(reply[1]), float(reply[3])
+        now = at - wait
         views = self._views.setdefault(vendor, {})
         levels, exceeded = [], []
-        for i, charge in enumerate(charges):
-            first = 5 + i * LEVEL_FIELDS
+        first = 5
+        for charge in charges:
             remaining, reset, paused_for, over, tat, paused, used, changed = reply[first : first + LEVEL_FIELDS]
-            levels.append(Level(int(remaining), float(reset), float(paused_for)))
-            exceeded.append(bool(int(over)))
+            first += LEVEL_FIELDS
+            levels.append(Level(remaining, float(reset), float(paused_for)))
+            exceeded.append(over == 1)
             view = views.get(charge.key)
             if view is None:
                 view = views[charge.key] = _View(charge, BudgetState())
             view.charge = charge
-            view.see(float(tat), float(paused), float(used), bytes(changed).decode(), now, every)
-        return Verdict(bool(int(reply[0])), float(reply[1]), int(reply[2]), tuple(levels), tuple(exceeded), at)
+            view.see(float(tat), float(paused), float(used), changed.decode(), now, every)
+        return Verdict(reply[0] == 1, wait, reply[2], tuple(levels), tuple(exceeded), at)
 
     # Stored answers are tagged by their own key, not the vendor's: a vendor's cache spreads
     # over the cluster, and an answer and its fetch lock share a slot.
