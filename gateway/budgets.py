@@ -268,6 +268,19 @@ class Budgets:
         except StorageError:
             pass  # the place stays taken until its time passes: a waste, nothing worse
 
+    @staticmethod
+    def follows(policy: Policy, charged: Charged, status: int, retry_after: float | None) -> bool:
+        """Whether ``follow_answer`` has anything to do with an answer (most have nothing: the
+        caller then spares its await)."""
+        if not charged.reserved:
+            return False
+        if status in policy.refund_on or (retry_after is not None and status in PAUSING):
+            return True
+        for budget in charged.budgets:  # (no generator: this runs on every answer)
+            if budget.follow is not None:
+                return True
+        return False
+
     async def follow_answer(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
                             headers: Headers, head: bytes = b"") -> None:
         """Apply what the vendor's answer says (``head``: the first bytes of its body, when
