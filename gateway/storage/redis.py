@@ -229,12 +229,7 @@ class RedisStorage:
         fields = [[*adjustment_fields(a), ""] for a in said] if said else None
         for _ in range(3):
             known = self._epochs.get(vendor, "")
-            every = self._asks_every(vendor, op)
-            with self.health.attempt():  # (``_budget_script``'s work, inline: one coroutine less per request)
-                try:
-                    reply = await self._budget_send(vendor, op, charges, fields, arg, every)
-                except (RedisError, OSError) as exc:
-                    raise _failed("budget", exc) from None
+            reply, every = await self._budget_script(vendor, op, charges, fields, arg)
             if reply[0] != b"epoch":
                 return self._verdict(vendor, charges, reply, every)
             async with self._restoring.setdefault(vendor, asyncio.Lock()):
@@ -263,36 +258,24 @@ class RedisStorage:
         self, vendor: str, op: str, charges: Sequence[Charge], fields: Sequence[list[str]] | None, arg: float,
         new_epoch: str = "",
     ) -> tuple[Any, bool]:
-        """The budget script's reply, and whether it has every count (see ``_budget_send``)."""
-        every = self._asks_every(vendor, op)
-        with self.health.attempt():  # (``_guarded``'s work, inline)
-            try:
-                return await self._budget_send(vendor, op, charges, fields, arg, every, new_epoch), every
-            except (RedisError, OSError) as exc:
-                raise _failed("budget", exc) from None
-
-    def _asks_every(self, vendor: str, op: str) -> bool:
-        """Whether a budget call asks for every count (else for those it changed)."""
+        """The budget script's call; ``fields``: each charge's adjustment and restore fields,
+        None when the call says nothing of them."""
         every = op == "restore" or time.monotonic() >= self._full_view_at.get(vendor, 0.0)
         if every:  # one call a second asks, not every call until one has the answer
             self._full_view_at[vendor] = time.monotonic() + FULL_VIEW
-        return every
-
-    def _budget_send(
-        self, vendor: str, op: str, charges: Sequence[Charge], fields: Sequence[list[str]] | None, arg: float,
-        every: bool, new_epoch: str = "",
-    ) -> Awaitable[Any]:
-        """The budget script's call, to be awaited within ``health.attempt()``; ``fields``:
-        each charge's adjustment and restore fields, None when the call says nothing of them."""
         head = (op, self._now(), repr(arg), self._epochs.get(vendor, ""), new_epoch, "1" if every else "0")
-        if self._wire is not None:
-            count = 8 + len(charges) * (1 + CHARGE_FIELDS + len(NOTHING_SAID))
-            body = self._budget_body(vendor, head, charges, fields)
-            return self._wire.script(self._budget.script, self._budget.sha, count, body)
-        keys = _budget_keys(vendor, charges)
-        extras = fields or [NOTHING_SAID] * len(charges)
-        args = [*head, *(a for c, extra in zip(charges, extras) for a in (*charge_args(c), *extra))]
-        return self._budget(keys=keys, args=args)  # type: ignore[no-any-return]
+        with self.health.attempt():  # (``_guarded``'s work, inline)
+            try:
+                if self._wire is not None:
+                    count = 8 + len(charges) * (1 + CHARGE_FIELDS + len(NOTHING_SAID))
+                    body = self._budget_body(vendor, head, charges, fields)
+                    return await self._wire.script(self._budget.script, self._budget.sha, count, body), every
+                keys = _budget_keys(vendor, charges)
+                extras = fields or [NOTHING_SAID] * len(charges)
+                args = [*head, *(a for c, extra in zip(charges, extras) for a in (*charge_args(c), *extra))]
+                return await self._budget(keys=keys, args=args), every
+            except (RedisError, OSError) as exc:
+                raise _failed("budget", exc) from None
 
     def _budget_body(self, vendor: str, head: tuple[str, ...], charges: Sequence[Charge],
                      fields: Sequence[list[str]] | None) -> bytes:
