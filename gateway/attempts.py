@@ -168,7 +168,8 @@ class Attempts:
             size = refusal_body_size(policy.signals, answer.status)
             head = await peek_answer(answer, size, policy.timeout) if size else b""
             quota = is_quota_refusal(policy.signals, answer.status, head) if head else False
-            await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers, head)
+            if self._budgets.follows(policy, charged, answer.status, retry_after):
+                await self._budgets.follow_answer(policy, charged, answer.status, retry_after, answer.headers, head)
         self._metrics.upstream_requests_of(policy.vendor, out.method, outcome.label).inc()
         done = time.monotonic()
         took = done - started

@@ -109,6 +109,9 @@ class Budgets:
         self._limits: dict[tuple[str, str, int, float], int] = {}
         # Each charge made, per (id of its budget, caller, priority high): with that budget.
         self._made: dict[tuple[int, str, bool], tuple[Budget, Charge]] = {}
+        # For a policy of buckets that all match every request, per (its id, caller, priority
+        # high): it and its charges, the same until a vendor says a smaller limit.
+        self._steady: dict[tuple[int, str, bool], tuple[Policy, tuple[Charge, ...]]] = {}
         self._remaining = Children(metrics.budget_remaining)
         self._exhausted_of = Children(metrics.budget_exhausted)
         self._wait_of = Children(metrics.budget_wait)
@@ -119,13 +122,21 @@ class Budgets:
         self._on_error = config.on_storage_error
 
     def charges_for(self, policy: Policy, method: str, path: str, caller: Caller) -> Charged:
+        high = caller.priority == "high"
+        steady = self._steady.get((id(policy), caller.name, high))
+        if steady is not None and steady[0] is policy:
+            return Charged(policy.budgets, steady[1])
         now = time.time()
         budgets = policy.budgets
         if any(b.match is not None for b in budgets):
             budgets = tuple(b for b in budgets if b.match is None or b.match.fits(method, path))
-        high = caller.priority == "high"
         slowest = self._slowest.get(policy.vendor)
-        return Charged(budgets, tuple(self._charge(policy.vendor, b, caller.name, high, now, slowest) for b in budgets))
+        charges = tuple(self._charge(policy.vendor, b, caller.name, high, now, slowest) for b in budgets)
+        if budgets is policy.budgets and all(c.kind == BUCKET for c in charges):
+            if len(self._steady) >= MADE_MAX:
+                self._steady.clear()
+            self._steady[(id(policy), caller.name, high)] = (policy, charges)
+        return Charged(budgets, charges)
 
     def observe(self, vendor: str, seconds: float) -> None:
         """How long an upstream attempt took to answer (or fail)."""
@@ -257,6 +268,19 @@ class Budgets:
         except StorageError:
             pass  # the place stays taken until its time passes: a waste, nothing worse
 
+    @staticmethod
+    def follows(policy: Policy, charged: Charged, status: int, retry_after: float | None) -> bool:
+        """Whether ``follow_answer`` has anything to do with an answer (most have nothing: the
+        caller then spares its await)."""
+        if not charged.reserved:
+            return False
+        if status in policy.refund_on or (retry_after is not None and status in PAUSING):
+            return True
+        for budget in charged.budgets:  # (no generator: this runs on every answer)
+            if budget.follow is not None:
+                return True
+        return False
+
     async def follow_answer(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
                             headers: Headers, head: bytes = b"") -> None:
         """Apply what the vendor's answer says (``head``: the first bytes of its body, when
@@ -323,6 +347,7 @@ class Budgets:
             if smaller is None:
                 continue
             self._limits[limit_key] = max(smaller, budget.cost)
+            self._steady.clear()  # the charges made with the old limit
             log.warning("%s says its limit for budget %r is %d per %gs, under the policy's %d: the budget "
                         "uses %d", vendor, budget.name, smaller, budget.per, budget.limit, self._limits[limit_key])
 

@@ -4,6 +4,8 @@ says is left lowers the budget, its quota refusals pause it."""
 import json
 import logging
 
+import pytest
+
 from tests.mock_vendor import answer
 from tests.test_budgets import policy
 
@@ -131,9 +133,12 @@ async def test_refund_on_gives_a_refused_requests_charge_back(gateway, vendor):
     assert len(vendor.received) == 4
 
 
-async def test_a_smaller_vendor_limit_lowers_the_budget_and_says_so_once(gateway, vendor, caplog):
+# A bucket's charges are made once per policy and caller (Budgets.charges_for): a limit
+# learnt must make them afresh.
+@pytest.mark.parametrize("window", [{"window": "rolling"}, {}], ids=["rolling", "bucket"])
+async def test_a_smaller_vendor_limit_lowers_the_budget_and_says_so_once(gateway, vendor, caplog, window):
     caplog.set_level(logging.WARNING, "gateway.budgets")
-    minute = {"name": "minute", "limit": 100, "per": "1m", "window": "rolling", "follow": "x-ratelimit"}
+    minute = {"name": "minute", "limit": 100, "per": "1m", **window, "follow": "x-ratelimit"}
     client = await gateway(policy(vendor, minute))
     said = {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "50"}
     vendor.script(answer(200, b"{}", said), answer(200, b"{}", said))

@@ -22,7 +22,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -36,10 +35,19 @@ from gateway.config.model import CircuitBreaker
 from gateway.config.vendor_signals import AuthFailures
 from gateway.core.auth_stop import Admission as AuthAdmission, Standing
 from gateway.core.breaker import Admission
-from gateway.core.budget import EPSILON, Adjustment, BudgetState, Charge, Level, Verdict, prune
+from gateway.core.budget import Adjustment, BudgetState, Charge, Level, Verdict
 from gateway.core.dead_letter import DeadLetter
 from gateway.errors import StorageError
 from gateway.storage.health import StorageHealth
+from gateway.storage.redis_budget import (
+    CHARGE_FIELDS,
+    LEVEL_FIELDS,
+    NOTHING_SAID,
+    BudgetView,
+    PackedCharges,
+    adjustment_fields,
+    charge_args,
+)
 from gateway.storage.redis_wire import Arg, ScriptWire, bulk
 from gateway.storage.redis_stats import queue_add, queue_read
 from gateway.storage.stores import StatsRead
@@ -50,11 +58,7 @@ TIMEOUT = 0.25
 # How often a budget call asks for every count of its budgets (else only those it changed):
 # what a process would put back after a restart is then at most this old.
 FULL_VIEW = 1.0
-NOTHING_SAID = ["", "", "", "", ""]  # a budget call's adjustment and restore fields, for no adjustment
-CHARGE_FIELDS = 10  # per budget in a budget call, before its adjustment and restore fields
-NOTHING_PACKED = "".join(map(bulk, NOTHING_SAID))
 PACKED_MAX = 4096  # charges kept packed per vendor, before they are packed afresh
-LEVEL_FIELDS = 8  # per key in a budget reply: remaining, reset, paused_for, exceeded, tat, paused, used, counts
 
 
 def _script(name: str) -> str:
@@ -63,38 +67,6 @@ def _script(name: str) -> str:
 
 def key(vendor: str, name: str) -> str:
     return f"gateway:{{{vendor}}}:{name}"
-
-
-@dataclass
-class _View:
-    """What this process last saw of one budget in Redis: each slot's count as of its last
-    charge there, and the whole count as of its last call (``used`` at ``seen``)."""
-
-    charge: Charge
-    state: BudgetState
-    seen: float = 0.0
-    used: float = 0.0
-
-    def field(self) -> str:
-        """As the script's restore reads it: "tat,paused,seen,used,slot:units,..."."""
-        counts = "".join(f",{slot}:{units!r}" for slot, units in self.state.counts.items())
-        return f"{self.state.tat!r},{self.state.paused!r},{self.seen!r},{self.used!r}{counts}"
-
-    def see(self, tat: float, paused: float, used: float, changed: str, now: float, every: bool) -> None:
-        """Take in a reply: ``changed`` has the counts the call changed, or ``every`` one."""
-        self.state.tat, self.state.paused, self.used, self.seen = tat, paused, used, now
-        if every:
-            self.state.counts.clear()
-        counts, started = self.state.counts, False
-        for item in filter(None, changed.split(",")):
-            slot, units = item.split(":")
-            if float(units) > EPSILON:
-                started = started or int(slot) not in counts
-                counts[int(slot)] = float(units)
-            else:
-                counts.pop(int(slot), None)
-        if started:  # a slot (or window) began: those that stopped counting go
-            prune(self.charge, self.state, now)
 
 
 class RedisStorage:
@@ -125,12 +97,11 @@ class RedisStorage:
         self._wire = wire
         self.health = StorageHealth("redis")
         self._epochs: dict[str, str] = {}  # per vendor: the epoch of the Redis our views are of
-        self._views: dict[str, dict[str, _View]] = {}  # per vendor, per budget key
+        self._views: dict[str, dict[str, BudgetView]] = {}  # per vendor, per budget key
         self._restoring: dict[str, asyncio.Lock] = {}
         self._full_view_at: dict[str, float] = {}  # per vendor (monotonic): when to ask for every count
-        # Per vendor, per id of a charge: it, its key and its fields, as the wire sends them.
-        self._packed: dict[str, dict[int, tuple[Charge, str, str]]] = {}
-        self._epoch_keys: dict[str, str] = {}
+        # Per vendor, per ids of a call's charges: them, and what the wire sends of them.
+        self._packed: dict[str, dict[tuple[int, ...], PackedCharges]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, clock: Callable[[], float] | None = None) -> RedisStorage:
@@ -255,7 +226,7 @@ class RedisStorage:
     ) -> Verdict:
         """One budget step in one round trip (two more, once, after Redis lost the vendor's
         budgets)."""
-        fields = [[*_adjustment_fields(a), ""] for a in said] if said else [NOTHING_SAID] * len(charges)
+        fields = [[*adjustment_fields(a), ""] for a in said] if said else None
         for _ in range(3):
             known = self._epochs.get(vendor, "")
             reply, every = await self._budget_script(vendor, op, charges, fields, arg)
@@ -284,9 +255,11 @@ class RedisStorage:
         self._verdict(vendor, charges, reply, every)
 
     async def _budget_script(
-        self, vendor: str, op: str, charges: Sequence[Charge], fields: Sequence[list[str]], arg: float,
+        self, vendor: str, op: str, charges: Sequence[Charge], fields: Sequence[list[str]] | None, arg: float,
         new_epoch: str = "",
     ) -> tuple[Any, bool]:
+        """The budget script's call; ``fields``: each charge's adjustment and restore fields,
+        None when the call says nothing of them."""
         every = op == "restore" or time.monotonic() >= self._full_view_at.get(vendor, 0.0)
         if every:  # one call a second asks, not every call until one has the answer
             self._full_view_at[vendor] = time.monotonic() + FULL_VIEW
@@ -297,56 +270,52 @@ class RedisStorage:
                     count = 8 + len(charges) * (1 + CHARGE_FIELDS + len(NOTHING_SAID))
                     body = self._budget_body(vendor, head, charges, fields)
                     return await self._wire.script(self._budget.script, self._budget.sha, count, body), every
-                keys = [key(vendor, f"budget:{c.key}") for c in charges] + [key(vendor, "budget-epoch")]
-                args = [*head, *(a for c, extra in zip(charges, fields) for a in (*_charge_args(c), *extra))]
+                keys = _budget_keys(vendor, charges)
+                extras = fields or [NOTHING_SAID] * len(charges)
+                args = [*head, *(a for c, extra in zip(charges, extras) for a in (*charge_args(c), *extra))]
                 return await self._budget(keys=keys, args=args), every
             except (RedisError, OSError) as exc:
                 raise _failed("budget", exc) from None
 
     def _budget_body(self, vendor: str, head: tuple[str, ...], charges: Sequence[Charge],
-                     fields: Sequence[list[str]]) -> bytes:
-        """The budget script's keys and arguments for the wire, each charge's packed once."""
+                     fields: Sequence[list[str]] | None) -> bytes:
+        """The budget script's keys and arguments for the wire: all but the head packed once
+        per set of charges (the same charges on most requests of a policy)."""
         packed = self._packed.get(vendor)
         if packed is None or len(packed) >= PACKED_MAX:
             packed = self._packed[vendor] = {}
-        known = []
-        for c in charges:
-            seen = packed.get(id(c))  # the charge is held here: its id is no other's meanwhile
-            if seen is None or seen[0] is not c:
-                seen = packed[id(c)] = (c, bulk(key(vendor, f"budget:{c.key}")), "".join(map(bulk, _charge_args(c))))
-            known.append(seen)
+        ids = tuple(map(id, charges))
+        known = packed.get(ids)  # it holds the charges: their ids are no others' meanwhile
+        if known is None:
+            known = packed[ids] = PackedCharges.of(_budget_keys(vendor, charges), charges)
         op, now, arg, epoch, new_epoch, every = head  # ASCII
-        parts = [bulk(str(len(charges) + 1)), *(k for _, k, _ in known), self._epoch_key(vendor),
-                 f"${len(op)}\r\n{op}\r\n${len(now)}\r\n{now}\r\n${len(arg)}\r\n{arg}\r\n${len(epoch)}\r\n{epoch}"
-                 f"\r\n${len(new_epoch)}\r\n{new_epoch}\r\n$1\r\n{every}\r\n"]
-        for (_, _, charge_args), extra in zip(known, fields):
-            parts += (charge_args, NOTHING_PACKED if extra is NOTHING_SAID else "".join(map(bulk, extra)))
-        return "".join(parts).encode()
-
-    def _epoch_key(self, vendor: str) -> str:
-        packed = self._epoch_keys.get(vendor)
-        if packed is None:
-            packed = self._epoch_keys[vendor] = bulk(key(vendor, "budget-epoch"))
-        return packed
+        middle = (f"${len(op)}\r\n{op}\r\n${len(now)}\r\n{now}\r\n${len(arg)}\r\n{arg}\r\n${len(epoch)}\r\n"
+                  f"{epoch}\r\n${len(new_epoch)}\r\n{new_epoch}\r\n$1\r\n{every}\r\n").encode()
+        if fields is None:
+            return known.keys + middle + known.nothing_said
+        said = "".join(args + "".join(map(bulk, extra)) for args, extra in zip(known.args, fields))
+        return known.keys + middle + said.encode()
 
     def _verdict(self, vendor: str, charges: Sequence[Charge], reply: Any, every: bool) -> Verdict:
-        """A budget reply as a Verdict; what it shows of each budget is remembered."""
-        self._epochs[vendor] = bytes(reply[4]).decode()
-        at = float(reply[3])
-        now = at - float(reply[1])
+        """A budget reply as a Verdict; what it shows of each budget is remembered. (Its
+        integers come as ints and its strings as bytes, from hiredis and redis-py alike.)"""
+        self._epochs[vendor] = reply[4].decode()
+        wait, at = float(reply[1]), float(reply[3])
+        now = at - wait
         views = self._views.setdefault(vendor, {})
         levels, exceeded = [], []
-        for i, charge in enumerate(charges):
-            first = 5 + i * LEVEL_FIELDS
+        first = 5
+        for charge in charges:
             remaining, reset, paused_for, over, tat, paused, used, changed = reply[first : first + LEVEL_FIELDS]
-            levels.append(Level(int(remaining), float(reset), float(paused_for)))
-            exceeded.append(bool(int(over)))
+            first += LEVEL_FIELDS
+            levels.append(Level(remaining, float(reset), float(paused_for)))
+            exceeded.append(over == 1)
             view = views.get(charge.key)
             if view is None:
-                view = views[charge.key] = _View(charge, BudgetState())
+                view = views[charge.key] = BudgetView(charge, BudgetState())
             view.charge = charge
-            view.see(float(tat), float(paused), float(used), bytes(changed).decode(), now, every)
-        return Verdict(bool(int(reply[0])), float(reply[1]), int(reply[2]), tuple(levels), tuple(exceeded), at)
+            view.see(float(tat), float(paused), float(used), changed.decode(), now, every)
+        return Verdict(reply[0] == 1, wait, reply[2], tuple(levels), tuple(exceeded), at)
 
     # Stored answers are tagged by their own key, not the vendor's: a vendor's cache spreads
     # over the cluster, and an answer and its fetch lock share a slot.
@@ -468,17 +437,10 @@ class RedisStorage:
         await self.client.aclose()
 
 
-def _charge_args(c: Charge) -> list[str]:
-    """A charge as the budget script reads it (its CHARGE_FIELDS, before the call's own)."""
-    return [c.kind, repr(c.limit), repr(c.per), str(c.cost), repr(c.held), "1" if c.shadow else "0",
-            *map(repr, c.window), repr(c.margin)]
+def _budget_keys(vendor: str, charges: Sequence[Charge]) -> list[str]:
+    """The budget script's keys: each charge's, then the vendor's epoch."""
+    return [key(vendor, f"budget:{c.key}") for c in charges] + [key(vendor, "budget-epoch")]
 
 
 def _failed(what: str, exc: BaseException) -> StorageError:
     return StorageError(f"redis {what} failed: {type(exc).__name__}")
-
-
-def _adjustment_fields(said: Adjustment) -> list[str]:
-    """What the vendor said, as the script's pause, remaining, reset and spent fields."""
-    fields = ["" if v is None else repr(v) for v in (said.pause, said.remaining, said.reset)]
-    return [*fields, ",".join(f"{at!r}:{units!r}" for at, units in said.spent)]
