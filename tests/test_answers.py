@@ -3,7 +3,6 @@ size or route, and the vendor's references to itself pointing back into the gate
 
 import asyncio
 
-import aiohttp
 import pytest
 from aiohttp import web
 
