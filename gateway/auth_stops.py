@@ -67,14 +67,12 @@ class AuthStops:
     async def admit(self, policy: Policy) -> Admission:
         """Whether this attempt may go (and whether it is the probe); CredentialsRejected
         while the vendor's calls are stopped."""
+        held = self.held(policy)
+        if held is not None:
+            return held
         vendor = policy.vendor
-        if not policy.auth_failures.statuses:
-            return ADMITTED
         now = self._clock()
-        until = self._clear_until.get(vendor)
-        if until is not None:
-            if now < until:
-                return ADMITTED
+        if vendor in self._clear_until:  # held, and the time is up
             self._clear_until[vendor] = now + HELD  # the admits while this one asks hold on too
         seen = self._not_clear.get(vendor, 0)
         try:

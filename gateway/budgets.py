@@ -272,14 +272,7 @@ class Budgets:
     def follows(policy: Policy, charged: Charged, status: int, retry_after: float | None) -> bool:
         """Whether ``follow_answer`` has anything to do with an answer (most have nothing: the
         caller then spares its await)."""
-        if not charged.reserved:
-            return False
-        if status in policy.refund_on or (retry_after is not None and status in PAUSING):
-            return True
-        for budget in charged.budgets:  # (no generator: this runs on every answer)
-            if budget.follow is not None:
-                return True
-        return False
+        return charged.reserved and (status in policy.refund_on or _reads_answer(charged, status, retry_after))
 
     async def follow_answer(self, policy: Policy, charged: Charged, status: int, retry_after: float | None,
                             headers: Headers, head: bytes = b"") -> None:
@@ -289,7 +282,7 @@ class Budgets:
         A status in ``refund_on`` gives the charge back after, the pause still holding."""
         if not charged.reserved:
             return
-        if (retry_after is None or status not in PAUSING) and not any(b.follow is not None for b in charged.budgets):
+        if not _reads_answer(charged, status, retry_after):
             if status in policy.refund_on:  # the answer says nothing of the budgets
                 await self.refund(policy.vendor, charged)
             return
@@ -436,3 +429,14 @@ class Budgets:
             retry_after=wait,
             extra=charged.headers(),
         )
+
+
+def _reads_answer(charged: Charged, status: int, retry_after: float | None) -> bool:
+    """Whether an answer says anything of the budgets: a pausing status with Retry-After, or
+    a budget that follows the vendor's signals."""
+    if retry_after is not None and status in PAUSING:
+        return True
+    for budget in charged.budgets:  # (no generator: this runs on every answer)
+        if budget.follow is not None:
+            return True
+    return False
